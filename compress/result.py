@@ -1,0 +1,86 @@
+"""What the evaluator measures and the runner records for each stage; `report.json` is a list of these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+StageKind = Literal["baseline", "step", "export"]
+StageStatus = Literal["ok", "gate_failed", "failed", "not_evaluated"]
+
+
+class LatencyStats(BaseModel):
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    batches: int = Field(description="Timed batches.")
+    samples: int = Field(description="Timed samples (rows) over all timed batches.")
+    throughput_per_s: float = Field(description="Samples per second over the timed batches.")
+    tokenize_ms_per_batch: float = Field(description="Tokenization time, measured apart from inference.")
+    mean_tokens_per_sample: float = Field(description="Real (unpadded) tokens per sample.")
+
+
+class Evaluation(BaseModel):
+    """One runtime measured on one dataset."""
+
+    metrics: dict[str, float]
+    primary_metric: str
+    higher_is_better: bool
+    latency: dict[str, LatencyStats] = Field(description="Keyed by batch size.")
+    peak_memory_mb: float
+    size_mb: float
+    num_parameters: int | None
+    runtime: str
+    device: str
+    threads: int
+    eval_samples: int
+    duration_s: float
+
+
+class StageResult(BaseModel):
+    name: str
+    kind: StageKind
+    step: str | None = Field(None, description="Registered step or exporter name.")
+    config: dict[str, Any] = Field(default_factory=dict)
+    status: StageStatus = "ok"
+    message: str | None = None
+    source: str | None = Field(None, description="The stage this one was made from.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    primary_metric: str | None = None
+    higher_is_better: bool = True
+    latency: dict[str, LatencyStats] = Field(default_factory=dict)
+    size_mb: float | None = None
+    num_parameters: int | None = None
+    peak_memory_mb: float | None = None
+    duration_s: float = Field(0.0, description="Time to apply the step or export (cached: the original time).")
+    eval_duration_s: float | None = None
+    runtime: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    eval_samples: int | None = None
+    max_abs_diff: float | None = Field(None, description="Largest logit difference vs. the source stage.")
+    prediction_agreement: float | None = Field(None, description="Share of argmax predictions equal to the source's.")
+    metric_delta: float | None = Field(None, description="Primary metric minus the reference stage's.")
+    artifact: str | None = Field(None, description="Directory of this stage's model or exported artifact.")
+    cached: bool = False
+
+    @property
+    def primary(self) -> float | None:
+        return self.metrics.get(self.primary_metric) if self.primary_metric else None
+
+    def apply_evaluation(self, evaluation: Evaluation) -> StageResult:
+        fields = evaluation.model_dump(exclude={"duration_s"})
+        return self.model_copy(update={**fields, "latency": evaluation.latency, "eval_duration_s": evaluation.duration_s})
+
+
+class RunReport(BaseModel):
+    recipe: str
+    created: str
+    output_dir: str
+    environment: dict[str, Any]
+    stages: list[StageResult]
+    stopped: str | None = Field(None, description="Why the recipe stopped early, if it did.")
+    total_duration_s: float

@@ -1,0 +1,68 @@
+"""Steps transform a model; each is a small class with a typed config and one `apply` method."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from compress.config import EvalSpec, Schema
+from compress.data.text_data import TextData
+from compress.models.handle import ModelHandle
+
+
+class StepConfig(Schema):
+    """Fields every step accepts, besides its own."""
+
+    label: str | None = Field(None, description="Stage name in the report; default: the step's name.")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, description="Stop the recipe if this step worsens the primary metric by more than this."
+    )
+
+
+@dataclass
+class StageContext:
+    """What a step or exporter may use besides the model: the user's data, the evaluator, a device, a folder.
+
+    Data is loaded lazily: a step that never trains never reads the train split.
+    """
+
+    train_data: Callable[[], TextData]
+    eval_data: Callable[[], TextData]
+    calibration_data: Callable[[int], TextData]
+    score: Callable[[ModelHandle], dict[str, float]]
+    eval_spec: EvalSpec
+    device: torch.device
+    work_dir: Path
+    seed: int = 0
+
+    @property
+    def primary_metric(self) -> str:
+        return self.eval_spec.metric
+
+
+class Step(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[StepConfig]] = StepConfig
+    # A step that produces the model later stages should be judged against (e.g. finetune makes the teacher)
+    # sets this; recipe gates then compare with its result rather than the untrained baseline.
+    sets_reference: ClassVar[bool] = False
+
+    def __init__(self, config: StepConfig | None = None, **kwargs: Any) -> None:
+        self.config = config if config is not None else self.Config(**kwargs)
+
+    @abstractmethod
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        """Return the transformed model; never mutate the input in place (the runner may still need it)."""
+
+    @property
+    def label(self) -> str:
+        return self.config.label or self.name
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"step": self.name, "config": self.config.model_dump(mode="json", exclude={"label"})}

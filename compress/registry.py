@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
 from compress.errors import ConfigError
@@ -21,7 +21,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._items: dict[str, T] = {}
-        self._entry_points_loaded = False
+        self._entry_points: dict[str, EntryPoint] | None = None
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -30,22 +30,21 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
-            return
-        self._entry_points_loaded = True
-        for ep in entry_points(group=self.group):
-            if ep.name not in self._items:
-                self._items[ep.name] = ep.load()
+    def _available(self) -> dict[str, EntryPoint]:
+        # Entry points are only listed here; each is imported when first asked for, so one broken plugin
+        # cannot break the others.
+        if self._entry_points is None:
+            self._entry_points = {ep.name: ep for ep in entry_points(group=self.group)}
+        return self._entry_points
 
     def names(self) -> list[str]:
-        self._load_entry_points()
-        return sorted(self._items)
+        return sorted(set(self._items) | set(self._available()))
 
     def get(self, name: str, *, where: str | None = None) -> T:
-        if name not in self._items:
-            self._load_entry_points()
-        if name not in self._items:
+        if name in self._items:
+            return self._items[name]
+        entry_point = self._available().get(name)
+        if entry_point is None:
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
@@ -53,11 +52,29 @@ class Registry(Generic[T]):
                 where=where,
                 fix=f"use one of: {', '.join(self.names())}",
             )
+        try:
+            self._items[name] = entry_point.load()
+        except ImportError as exc:
+            raise ConfigError(
+                f"the {self.kind} '{name}' ({entry_point.value}) could not be imported: {exc}",
+                where=where,
+                fix="reinstall the package that provides it",
+            ) from exc
         return self._items[name]
+
+    def by_class_name(self, class_name: str) -> T | None:
+        """Find a registered class by its Python name without importing the other plugins."""
+        for name, obj in self._items.items():
+            if getattr(obj, "__name__", None) == class_name:
+                return obj
+        for name, entry_point in self._available().items():
+            if entry_point.value.rsplit(":", 1)[-1] == class_name:
+                return self.get(name)
+        return None
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
         for name in self.names():
-            yield name, self._items[name]
+            yield name, self.get(name)
 
 
 STEPS: Registry = Registry("step", "compress.steps")

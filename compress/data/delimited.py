@@ -1,0 +1,149 @@
+"""Read csv/tsv files, with or without a header row, every cell as a string.
+
+Cells are read as strings (no pandas type guessing, no "NA" → missing): a review that says "null" stays text,
+and the label module decides how label strings map to ids. TSV files are read without quote handling, as GLUE
+writes them (a sentence may start with a quote character).
+
+When `data.header` is not set, the first rows are inspected:
+  * a first row holding the recipe's column names (or equal to `data.columns`) is a header;
+  * a first row with a number in it, a known label name in it, or a value that recurs in a categorical column
+    below it is data;
+  * a first row of words above a column of numbers, or above a categorical column where it never recurs, is a
+    header;
+  * otherwise it is a header unless `data.columns` names the columns (csv convention).
+Headerless files take their names from `data.columns`, else positional names `column1`, `column2`, ...
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from compress.config import DataSpec
+from compress.errors import DataError
+
+SNIFF_ROWS = 100
+
+
+@dataclass(frozen=True)
+class DelimitedFile:
+    dataset: datasets.Dataset
+    note: str  # how the column names were found, for error messages
+
+
+def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str, where: str) -> DelimitedFile:
+    """`field` is the YAML path of this file (data.path or data.path.<split>), `where` the data section's."""
+    tsv = path.suffix.lower() == ".tsv"
+    sep = "\t" if tsv else ","
+    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+    rows = _first_rows(path, sep, quoting, field)
+    if not rows:
+        raise DataError(
+            f"{path} is empty", where=field, fix="point at a file with a header row and data rows"
+        )
+    first = rows[0]
+    header = spec.header if spec.header is not None else first_row_is_header(rows, spec, needed)
+    detected = "" if spec.header is not None else f"; header detected, set {where}.header to override"
+    if header and len(rows) == 1:
+        raise DataError(
+            f"{path} has a header row but no data rows", where=field, fix="point at a file that has data rows"
+        )
+    if spec.columns is not None:
+        if len(spec.columns) != len(first):
+            raise DataError(
+                f"{path} has {len(first)} columns per row but {len(spec.columns)} names are given: "
+                f"{spec.columns}",
+                where=f"{where}.columns",
+                fix=f"give exactly {len(first)} names in {where}.columns, one per column in file order",
+            )
+        names = list(spec.columns)
+        note = (
+            f"names from {where}.columns, the first row read as {'a header' if header else 'data'}{detected}"
+        )
+    elif header:
+        names = [cell.strip() for cell in first]
+        note = f"names from the file's header row{detected}"
+    else:
+        names = [f"column{i + 1}" for i in range(len(first))]
+        note = f"the file has no header row, so columns are named by position{detected}"
+    if len(set(names)) != len(names):
+        raise DataError(
+            f"{path} has repeated column names: {names}",
+            where=f"{where}.columns",
+            fix=f"give unique names in {where}.columns (and set {where}.header)",
+        )
+    features = datasets.Features({name: datasets.Value("string") for name in names})
+    try:
+        dataset = datasets.load_dataset(
+            "csv",
+            data_files={"rows": str(path)},
+            split="rows",
+            sep=sep,
+            quoting=quoting,
+            header=0 if header else None,
+            names=names,
+            na_filter=False,
+            features=features,
+        )
+    except Exception as exc:  # pandas/arrow raise many types for malformed files; all mean "fix the file"
+        raise unreadable(path, field, exc) from exc
+    return DelimitedFile(dataset, note)
+
+
+def first_row_is_header(rows: list[list[str]], spec: DataSpec, needed: list[str]) -> bool:
+    first = [cell.strip() for cell in rows[0]]
+    if spec.columns is not None and first == [name.strip() for name in spec.columns]:
+        return True
+    if set(needed) <= set(first):
+        return True
+    if spec.label_names and any(cell in spec.label_names for cell in first):
+        return False
+    if any(_is_number(cell) for cell in first):
+        return False  # column names are not numbers
+    header_evidence = False
+    for i, cell in enumerate(first):
+        below = [row[i].strip() for row in rows[1:] if len(row) > i]
+        if not below:
+            continue
+        if all(_is_number(value) for value in below):
+            header_evidence = True
+        elif len(set(below)) <= max(2, len(below) // 2):  # few distinct values: a label-like column
+            if cell in below:
+                return False
+            header_evidence = True
+    return header_evidence or spec.columns is None
+
+
+def unreadable(path: Path, field: str, exc: BaseException) -> DataError:
+    if "corresponds to no data" in str(exc):  # how `datasets` says a file parsed to zero rows
+        return DataError(f"{path} has no rows", where=field, fix="point at a file that has data rows")
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip():
+        reason += f" ({str(cause).strip().splitlines()[0]})"
+    return DataError(
+        f"cannot read {path}: {reason}",
+        where=field,
+        fix="check that the file is well-formed UTF-8 text (csv/tsv/json lines) or a valid parquet file",
+    )
+
+
+def _first_rows(path: Path, sep: str, quoting: int, field: str) -> list[list[str]]:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: Excel starts files with a BOM
+            reader = csv.reader(handle, delimiter=sep, quoting=quoting)
+            return [row for row in itertools.islice(reader, SNIFF_ROWS) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise unreadable(path, field, exc) from exc
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

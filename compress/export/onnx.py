@@ -1,0 +1,333 @@
+"""ONNX export: torch.onnx with dynamic batch and sequence axes, checked, optionally optimized and INT8.
+
+The artifact runs in ONNX Runtime (compress.runtime.onnxruntime) and anywhere else that reads ONNX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+from compress.errors import ConfigError, ExportError
+from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
+from compress.export.deploy import write_deploy_notes
+from compress.export.onnx_quantize import (
+    CalibrationMethod,
+    calibration_feeds,
+    quantize_onnx_dynamic,
+    quantize_onnx_static,
+)
+from compress.models.handle import ModelHandle
+from compress.optional import import_optional
+from compress.runtime.base import Runtime
+from compress.steps.base import StageContext
+
+MODEL_FILE = "model.onnx"
+# Encoder families whose graphs ONNX Runtime's transformer optimizer fuses (attention, layer norm, GELU).
+OPTIMIZABLE_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet"}
+# ONNX files above this size must keep their weights in a separate file (protobuf's 2 GB limit).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+class OnnxConfig(ExportConfig):
+    opset: int = Field(17, ge=14, le=21, description="ONNX opset version of the exported graph.")
+    optimize: bool | None = Field(
+        None,
+        description="Fuse attention, layer norm and GELU with ONNX Runtime's transformer optimizer; "
+        "default: on for BERT-family encoders, off otherwise (only encoders are supported).",
+    )
+    quantize: Literal["none", "dynamic", "static"] = Field(
+        "none",
+        description="INT8 with ONNX Runtime: `dynamic` (int8 weights, activation scales per batch; no data "
+        "needed) or `static` (activation scales calibrated on your data, Q/DQ format).",
+    )
+    per_channel: bool = Field(True, description="One weight scale per output channel (more accurate).")
+    calibration_samples: PositiveInt = Field(
+        128, description="Calibration rows for `quantize: static`, taken from the calibration split."
+    )
+    calibration_method: CalibrationMethod = Field(
+        "minmax", description="How static quantization turns calibration activations into ranges."
+    )
+    op_types_to_quantize: list[str] | None = Field(
+        None,
+        description="ONNX op types to quantize; default: ONNX Runtime's choice for `dynamic`, `[MatMul]` for "
+        "`static` (quantizing Add/Gather too costs accuracy for little speed).",
+    )
+
+
+class OnnxExporter(Exporter):
+    """ONNX graph for ONNX Runtime (FP32, or INT8 dynamic/static)."""
+
+    name: ClassVar[str] = "onnx"
+    Config = OnnxConfig
+    config: OnnxConfig
+
+    def export(self, model: ModelHandle, ctx: StageContext, out_dir: Path) -> None:
+        where = f"exports.{self.label}"
+        optimize = resolve_optimize(model, self.config.optimize, where)
+        import_optional("onnxruntime", "onnx")  # fail before the slow conversion when it is missing
+        with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix=".onnx-export-") as tmp:
+            graph = Path(tmp) / MODEL_FILE
+            input_names = torch_to_onnx(model, graph, opset=self.config.opset, where=where)
+            if optimize:
+                graph = optimize_transformer(model, graph, Path(tmp) / "optimized.onnx", where=where)
+            target = out_dir / MODEL_FILE
+            if self.config.quantize == "dynamic":
+                quantize_onnx_dynamic(
+                    graph, target, per_channel=self.config.per_channel,
+                    op_types=self.config.op_types_to_quantize,
+                )  # fmt: skip
+            elif self.config.quantize == "static":
+                feeds = calibration_feeds(
+                    ctx.calibration_data(self.config.calibration_samples),
+                    model.tokenizer,
+                    input_names,
+                    inference_max_length(model, ctx),
+                )
+                quantize_onnx_static(
+                    graph,
+                    target,
+                    feeds,
+                    per_channel=self.config.per_channel,
+                    method=self.config.calibration_method,
+                    op_types=self.config.op_types_to_quantize or ["MatMul"],
+                    symmetric=False,
+                )
+            else:
+                save_onnx(graph, target)
+        check_onnx(target, where)
+        precision = "float32" if self.config.quantize == "none" else f"int8-{self.config.quantize}"
+        write_metadata(
+            model, out_dir, format="onnx", model_file=MODEL_FILE, input_names=input_names,
+            precision=precision, optimized=optimize, opset=self.config.opset,
+        )  # fmt: skip
+        write_deploy_notes(out_dir, f"ONNX model ({precision})", ort_sample(model), self._notes(optimize))
+
+    def _notes(self, optimized: bool) -> list[str]:
+        notes = [
+            "Inputs are int64 tensors of shape (batch, sequence); both axes are dynamic.",
+            "Install the runtime with `pip install onnxruntime` (or `onnxruntime-gpu` for CUDA).",
+        ]
+        if optimized:
+            notes.append(
+                "The graph uses ONNX Runtime's fused transformer ops (com.microsoft domain): run it in ONNX "
+                "Runtime, or export with `optimize: false` for a plain ONNX graph."
+            )
+        if self.config.quantize == "dynamic":
+            notes.append("Dynamic INT8: activation scales are computed per batch, so logits vary slightly "
+                         "with what else is in the batch.")  # fmt: skip
+        if self.config.quantize == "static":
+            notes.append(f"Static INT8 (Q/DQ), calibrated on {self.config.calibration_samples} rows with "
+                         f"{self.config.calibration_method}.")  # fmt: skip
+        return notes
+
+    def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:
+        return load_onnx_runtime(artifact_dir, ctx)
+
+
+def load_onnx_runtime(artifact_dir: Path, ctx: StageContext, model_file: str | None = None) -> Runtime:
+    from transformers import AutoTokenizer
+
+    from compress.runtime.onnxruntime import OnnxRuntime
+
+    meta = read_metadata(artifact_dir)
+    return OnnxRuntime(
+        artifact_dir / (model_file or meta["model_file"]),
+        AutoTokenizer.from_pretrained(artifact_dir),
+        meta["task"],
+        meta["max_length"],
+        threads=ctx.eval_spec.threads,
+        device=ctx.device.type,
+        precision=meta.get("precision", "float32"),
+    )
+
+
+def reject_torch_int8(model: ModelHandle, where: str) -> None:
+    """torch.onnx cannot convert torch's quantized Linear kernels; INT8 belongs in the exporter instead."""
+    if any(t["name"] == "dynamic_int8" for t in model.transforms):
+        raise ExportError(
+            "the model went through the `dynamic_int8` step, whose quantized Linear kernels "
+            "(quantized::linear_dynamic) torch.onnx cannot convert",
+            where=where,
+            fix="put INT8 in the exporter's config instead (`quantize: dynamic` for onnx, `precision: int8` "
+            "for tensorrt) and export the FP32 model: drop the `dynamic_int8` step before this export, or "
+            "set `source:` to the stage before it",
+        )
+
+
+def onnx_input_names(model: ModelHandle) -> list[str]:
+    """Graph inputs: input_ids, attention_mask, and token_type_ids for classifiers whose tokenizer makes them.
+
+    Causal LMs take no token_type_ids and are exported without a KV cache: logits for the whole sequence.
+    """
+    accepted = inspect.signature(model.model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if model.task != "causal-lm" and "token_type_ids" in model.tokenizer.model_input_names:
+        names.append("token_type_ids")
+    return [n for n in names if n in accepted]
+
+
+class LogitsOnly(torch.nn.Module):
+    """Positional inputs in a fixed order and a single logits output, which is what the ONNX graph exposes."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], causal: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+        self.extra = {"use_cache": False} if causal else {}
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs, strict=True)), **self.extra).logits
+
+
+def example_inputs(model: ModelHandle, input_names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Two rows of different lengths, so the traced graph keeps the attention-mask path for padded batches."""
+    texts = ["compress exports this model", "a longer second sentence, so the first row gets padding here"]
+    encoded = model.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    if "token_type_ids" in input_names and "token_type_ids" not in encoded:
+        encoded["token_type_ids"] = torch.zeros_like(encoded["input_ids"])
+    return tuple(encoded[n].to(torch.int64) for n in input_names)
+
+
+def torch_to_onnx(model: ModelHandle, path: Path, *, opset: int, where: str) -> list[str]:
+    """Trace the model into `path` with dynamic batch and sequence axes; return the graph's input names."""
+    import_optional("onnx", "onnx")
+    reject_torch_int8(model, where)
+    input_names = onnx_input_names(model)
+    causal = model.task == "causal-lm"
+    module = model.model
+    device = next(module.parameters()).device
+    was_training = module.training
+    wrapper = LogitsOnly(module, input_names, causal).eval()  # export restores the wrapper's mode: keep eval
+    inputs = tuple(t.to(device) for t in example_inputs(model, input_names))
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in input_names}
+    axes["logits"] = {0: "batch", 1: "sequence"} if causal else {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), eager_attention(module):
+            warnings.simplefilter("ignore")  # tracer warnings about Python bools in HF's mask code
+            torch.onnx.export(
+                wrapper, inputs, str(path), input_names=input_names, output_names=["logits"],
+                dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            )  # fmt: skip
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx could not convert {describe_failure(exc)}",
+            where=where,
+            fix="try another `opset`, or remove the step that introduced this op before the export",
+        ) from exc
+    finally:
+        module.train(was_training)
+    return input_names
+
+
+@contextlib.contextmanager
+def eager_attention(module: torch.nn.Module) -> Iterator[None]:
+    """Trace eager attention, which ORT's optimizer fuses into one Attention op (SDPA's graph it cannot)."""
+    setter = getattr(module, "set_attn_implementation", None)
+    current = getattr(getattr(module, "config", None), "_attn_implementation", None)
+    if setter is None or current in (None, "eager"):
+        yield
+        return
+    setter("eager")
+    try:
+        yield
+    finally:
+        setter(current)
+
+
+def describe_failure(exc: Exception) -> str:
+    """Name the unsupported op when torch.onnx says which one it is."""
+    match = re.search(r"operator '([\w:.]+)'", str(exc))
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"the op '{match.group(1)}': {first_line}" if match else f"the model: {first_line}"
+
+
+def resolve_optimize(model: ModelHandle, requested: bool | None, where: str) -> bool:
+    model_type = getattr(getattr(model.model, "config", None), "model_type", None)
+    supported = model_type in OPTIMIZABLE_TYPES
+    if requested and not supported:
+        raise ConfigError(
+            f"ONNX Runtime's transformer optimizer supports BERT-family encoders, not '{model_type}'",
+            where=f"{where}.optimize",
+            fix="set `optimize: false` (or leave it unset)",
+        )
+    return supported if requested is None else requested
+
+
+def optimize_transformer(model: ModelHandle, source: Path, target: Path, *, where: str) -> Path:
+    """Fuse attention, layer norm and GELU (ORT's transformer optimizer, model_type bert); return `target`."""
+    import_optional("onnxruntime", "onnx")
+    from onnxruntime.transformers import optimizer
+
+    config = model.model.config
+    heads = getattr(config, "num_attention_heads", getattr(config, "n_heads", 0))
+    hidden = getattr(config, "hidden_size", getattr(config, "dim", 0))
+    try:
+        optimized = optimizer.optimize_model(
+            str(source), model_type="bert", num_heads=heads, hidden_size=hidden, use_gpu=False
+        )
+        optimized.save_model_to_file(str(target))
+    except Exception as exc:
+        raise ExportError(
+            f"ONNX Runtime's transformer optimizer failed: {exc}", where=f"{where}.optimize",
+            fix="set `optimize: false`",
+        ) from exc  # fmt: skip
+    return target
+
+
+def save_onnx(source: Path, target: Path) -> None:
+    """Copy a graph into the artifact; weights go to one `<name>.data` file when protobuf cannot hold them."""
+    onnx = import_optional("onnx", "onnx")
+    proto = onnx.load(str(source))
+    large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    onnx.save(proto, str(target), save_as_external_data=large, all_tensors_to_one_file=True,
+              location=f"{target.name}.data")  # fmt: skip
+
+
+def check_onnx(path: Path, where: str) -> None:
+    onnx = import_optional("onnx", "onnx")
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported graph {path.name} is not valid ONNX: {exc}", where=where) from exc
+
+
+def inference_max_length(model: ModelHandle, ctx: StageContext) -> int:
+    """The longest sequence the model will run on: the truncate step's limit or the eval's, within context."""
+    default = ctx.eval_spec.seq_len if model.task == "causal-lm" else ctx.eval_spec.max_length
+    limit = model.max_length or default
+    context = getattr(getattr(model.model, "config", None), "max_position_embeddings", None)
+    return min(limit, context) if context else limit
+
+
+def ort_sample(model: ModelHandle, model_file: str = MODEL_FILE) -> str:
+    """A runnable ONNX Runtime snippet for this artifact."""
+    max_length = model.max_length or 512
+    if model.task == "causal-lm":
+        post = "next_token = logits[0, -1].argmax()\nprint(tokenizer.decode([next_token]))"
+        text = '["The capital of France is"]'
+    else:
+        labels = model.label_names or []
+        post = f"labels = {labels!r}\nprint([labels[i] if labels else i for i in logits.argmax(-1)])"
+        text = '["a gripping, beautifully made film", "tedious and overlong"]'
+    return f"""\
+import onnxruntime as ort
+from transformers import AutoTokenizer
+
+artifact = "path/to/this/folder"
+tokenizer = AutoTokenizer.from_pretrained(artifact)
+session = ort.InferenceSession(f"{{artifact}}/{model_file}", providers=["CPUExecutionProvider"])
+batch = tokenizer({text}, padding=True, truncation=True, max_length={max_length}, return_tensors="np")
+feed = {{i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}}
+logits = session.run(["logits"], feed)[0]
+{post}
+"""

@@ -1,0 +1,194 @@
+"""A recipe: a model, the user's data, steps, exports, how to evaluate, and the gates. Python or YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from compress.config import DataSpec, EvalSpec, GateSpec, ModelSpec, Schema, format_validation_error
+from compress.errors import ConfigError
+from compress.export.base import Exporter
+from compress.registry import EXPORTERS, STEPS
+from compress.steps.base import Step
+
+if TYPE_CHECKING:
+    from compress.runner import RunResult
+
+
+class RecipeFile(Schema):
+    """The YAML form of a recipe (steps and exports are validated by their own classes' configs)."""
+
+    name: str = Field("recipe", description="Shown in reports.")
+    description: str = Field("", description="Free text shown in reports.")
+    task: str | None = Field(
+        None,
+        description="A task file (e.g. `../evals/tasks/sst2.yaml`, relative to this recipe) whose `data` and "
+        "`evaluate` sections this recipe starts from; its own sections override field by field.",
+    )
+    model: ModelSpec = Field(description="The model to compress.")
+    data: DataSpec = Field(description="The dataset every stage is evaluated on (and steps train on).")
+    evaluate: EvalSpec = Field(default_factory=EvalSpec, description="Metrics, batch sizes, threads, device.")
+    steps: list[Any] = Field(
+        default_factory=list, description="Steps in order: `- name: {config}` or a bare `- name`."
+    )
+    exports: list[Any] = Field(
+        default_factory=list, description="Exports of the final model: `- name: {config}` or a bare `- name`."
+    )
+    gates: GateSpec = Field(default_factory=GateSpec, description="Recipe-wide quality limit.")
+    seed: int = Field(0, description="Seed for every random choice (sampling, training, calibration).")
+
+
+class Recipe:
+    """Compose steps and exports; `run()` evaluates the baseline and every stage on the user's data."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        data: DataSpec,
+        steps: list[Step] | None = None,
+        exports: list[Exporter] | None = None,
+        evaluate: EvalSpec | None = None,
+        gates: GateSpec | None = None,
+        name: str = "recipe",
+        description: str = "",
+        seed: int = 0,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.steps = list(steps or [])
+        self.exports = list(exports or [])
+        self.evaluate = evaluate or EvalSpec()
+        self.gates = gates or GateSpec()
+        self.name = name
+        self.description = description
+        self.seed = seed
+        self.base_dir = base_dir or Path.cwd()
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, Step):
+                raise ConfigError(f"steps[{i}] is a {type(step).__name__}, not a Step", fix="use cx.steps.<Name>(...)")
+        for i, exporter in enumerate(self.exports):
+            if not isinstance(exporter, Exporter):
+                raise ConfigError(f"exports[{i}] is a {type(exporter).__name__}, not an Exporter")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+        path = Path(path)
+        raw = _read_yaml(path)
+        if overrides:
+            raw = _apply_overrides(raw, overrides)
+        return cls.from_dict(raw, source=path, base_dir=path.parent)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str | Path | None = None, base_dir: Path | None = None) -> Recipe:
+        base_dir = base_dir or Path.cwd()
+        if "task" in raw and raw["task"]:
+            raw = _merge_task(raw, base_dir, source)
+        try:
+            parsed = RecipeFile.model_validate(raw)
+        except ValidationError as exc:
+            raise format_validation_error(exc, source=source) from None
+        steps = [_build(entry, i, "steps", STEPS, source) for i, entry in enumerate(parsed.steps)]
+        exports = [_build(entry, i, "exports", EXPORTERS, source) for i, entry in enumerate(parsed.exports)]
+        return cls(
+            model=parsed.model,
+            data=parsed.data,
+            steps=steps,
+            exports=exports,
+            evaluate=parsed.evaluate,
+            gates=parsed.gates,
+            name=parsed.name,
+            description=parsed.description,
+            seed=parsed.seed,
+            base_dir=base_dir,
+        )
+
+    def run(self, output_dir: str | Path, *, resume: bool = True, progress: bool = True) -> RunResult:
+        from compress.runner import Runner
+
+        return Runner(self, Path(output_dir), resume=resume, progress=progress).run()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError("recipe file not found", where=str(path), fix="check the path (`compress list` shows bundled recipes)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", where=str(path), fix="fix the YAML syntax at the line shown") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("a recipe must be a YAML mapping with `model`, `data` and `steps`", where=str(path))
+    return raw
+
+
+def _merge_task(raw: dict[str, Any], base_dir: Path, source: str | Path | None) -> dict[str, Any]:
+    task_path = (base_dir / raw["task"]).resolve()
+    if not task_path.exists():
+        raise ConfigError(f"task file '{raw['task']}' not found (looked in {task_path})", where=f"{source}: task")
+    task = _read_yaml(task_path)
+    merged = dict(raw)
+    for section in ("data", "evaluate"):
+        if section in task:
+            section_value = dict(task[section])
+            if section == "data":
+                section_value = _rebase_paths(section_value, task_path.parent, base_dir)
+            merged[section] = {**section_value, **(raw.get(section) or {})}
+    return merged
+
+
+def _rebase_paths(data: dict[str, Any], task_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Task files name data relative to themselves; the recipe resolves paths relative to its own folder."""
+
+    def rebase(p: str) -> str:
+        candidate = task_dir / p
+        return str(candidate.resolve()) if candidate.exists() else p
+
+    path = data.get("path")
+    if isinstance(path, str):
+        data["path"] = rebase(path)
+    elif isinstance(path, dict):
+        data["path"] = {split: rebase(p) for split, p in path.items()}
+    return data
+
+
+def _build(entry: Any, index: int, section: str, registry: Any, source: str | Path | None) -> Any:
+    where_prefix = f"{section}[{index}]"
+    if isinstance(entry, str):
+        name, config = entry, {}
+    elif isinstance(entry, dict) and len(entry) == 1:
+        name, config = next(iter(entry.items()))
+        config = config or {}
+    else:
+        raise ConfigError(
+            f"each entry must be `- name` or `- name: {{...}}` (got {entry!r})",
+            where=f"{source}: {where_prefix}" if source else where_prefix,
+            fix=f"registered {section}: {', '.join(registry.names())}",
+        )
+    cls = registry.get(name, where=f"{source}: {where_prefix}" if source else where_prefix)
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config of '{name}' must be a mapping (got {config!r})", where=f"{where_prefix}.{name}")
+    try:
+        return cls(cls.Config.model_validate(config))
+    except ValidationError as exc:
+        raise format_validation_error(exc, source=source, prefix=f"{where_prefix}.{name}") from None
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`--set data.limit=100` style overrides on the raw YAML (before validation, so errors name the field)."""
+    for dotted, value in overrides.items():
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return raw
+

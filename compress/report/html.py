@@ -1,0 +1,117 @@
+"""report.html: one self-contained file (inline CSS and SVG, no scripts, nothing fetched) for a browser."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from compress.report.plots import all_plots
+from compress.report.table import (
+    batch_sizes_of,
+    fmt_number,
+    problem_stages,
+    reference_stage,
+    status_text,
+    table_headers,
+    table_rows,
+)
+from compress.result import RunReport, StageResult
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 2rem auto;
+       max-width: 1400px; padding: 0 1.5rem; color: #1d2330; line-height: 1.45; }
+h1 { font-size: 1.6rem; margin-bottom: .3rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
+     border-bottom: 1px solid #dde2ea; padding-bottom: .2rem; }
+.meta { color: #4d5566; margin: 0; } .meta b { color: #1d2330; }
+.stopped { background: #fff4e5; border-left: 4px solid #e67e22; padding: .5rem .8rem; margin: 1rem 0; }
+dl.env { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; font-size: .9rem; }
+dl.env dt { font-weight: 600; }
+dl.env dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .85rem; width: 100%; }
+th, td { padding: .35rem .55rem; border-bottom: 1px solid #e5e8ee; text-align: left; vertical-align: top; }
+th { background: #f3f5f9; position: sticky; top: 0; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.status-gate_failed td { background: #fff7e6; } tr.status-failed td { background: #fdecea; }
+tr.status-not_evaluated td { background: #f4f4f4; color: #666; }
+tr.reference td:first-child { font-weight: 600; }
+.badge { display: inline-block; padding: 0 .45rem; border-radius: .6rem; font-size: .75rem; }
+.badge.ok { background: #e3f4ea; color: #1e6b3c; }
+.badge.gate_failed { background: #ffe9c2; color: #8a5300; }
+.badge.failed { background: #fbd5d0; color: #8e1c10; }
+.badge.not_evaluated { background: #e6e6e6; color: #444; }
+details { margin: .8rem 0; font-size: .9rem; } summary { cursor: pointer; color: #4d5566; }
+ul.problems li { margin-bottom: .35rem; } .note { color: #4d5566; font-size: .85rem; }
+figure { margin: 1.2rem 0 2rem; } figure svg { max-width: 100%; height: auto; display: block; }
+figcaption { color: #4d5566; font-size: .85rem; margin-top: .3rem; }
+"""
+
+
+def html_table(stages: list[StageResult]) -> str:
+    sizes = batch_sizes_of(stages)
+    reference = reference_stage(stages)
+    head = "".join(f"<th>{escape(h)}</th>" for h in table_headers(sizes))
+    body = []
+    for stage, row in zip(stages, table_rows(stages, sizes), strict=True):
+        classes = [f"status-{stage.status}"] + (["reference"] if stage is reference else [])
+        cells = []
+        for index, cell in enumerate(row):
+            text = escape(cell.text)
+            if index == 2:
+                text = f'<span class="badge {escape(stage.status)}">{text}</span>'
+            cells.append(f'<td class="num">{text}</td>' if cell.numeric else f"<td>{text}</td>")
+        body.append(f'<tr class="{" ".join(classes)}">{"".join(cells)}</tr>')
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="table-wrap">{table}</div>'
+
+
+def render_html(report: RunReport) -> str:
+    reference = reference_stage(report.stages)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>compress report: {escape(report.recipe)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>compress report: {escape(report.recipe)}</h1>",
+        f'<p class="meta"><b>Date</b> {escape(report.created)} · <b>Total time</b> '
+        f"{escape(fmt_number(report.total_duration_s))} s · <b>Output</b> {escape(report.output_dir)}</p>",
+    ]
+    parts.append(f"<details><summary>Environment</summary>{_environment(report.environment)}</details>")
+    if report.stopped:
+        parts.append(f'<div class="stopped"><b>Stopped early:</b> {escape(report.stopped)}</div>')
+    parts += ["<h2>Stages</h2>", html_table(report.stages)]
+    ref_name = escape(reference.name) if reference is not None else "none (no stage was timed)"
+    parts.append(
+        f'<p class="note">Reference stage: <b>{ref_name}</b>. '
+        "Δ is the primary metric minus the reference's; speedup is throughput over the reference's "
+        "at the same batch size. Agreement is the share of "
+        "predictions equal to the source stage's; step time is how long the step or export took.</p>"
+    )
+    problems = problem_stages(report.stages)
+    if problems:
+        parts.append('<h2>Needs attention</h2><ul class="problems">')
+        for stage in problems:
+            message = escape(stage.message) if stage.message else "no message recorded"
+            parts.append(
+                f"<li><b>{escape(stage.name)}</b> ({escape(stage.kind)}, {escape(status_text(stage))}): "
+                f"{message}</li>"
+            )
+        parts.append("</ul>")
+    charts = all_plots(report.stages)
+    if charts:
+        parts.append("<h2>Charts</h2>")
+    for title, caption, svg in charts:
+        # The SVG comes from matplotlib, which XML-escapes every text it draws (stage names included).
+        parts.append(
+            f"<figure><h3>{escape(title)}</h3>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _environment(environment: dict[str, object]) -> str:
+    rows = []
+    for key, value in environment.items():
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+        rows.append(f"<dt>{escape(str(key))}</dt><dd>{escape(shown)}</dd>")
+    return f'<dl class="env">{"".join(rows)}</dl>'

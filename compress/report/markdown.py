@@ -1,0 +1,79 @@
+"""report.md: the run's header, the stage table and the stages that need attention, as GitHub Markdown."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from compress.report.table import (
+    batch_sizes_of,
+    fmt_number,
+    problem_stages,
+    reference_stage,
+    status_text,
+    table_headers,
+    table_rows,
+)
+from compress.result import RunReport, StageResult
+
+
+def md_escape(text: str) -> str:
+    """Keep user text (stage names, error messages) literal inside a table cell or list item."""
+    text = " ".join(str(text).split())  # a newline would end the table row
+    # Only what changes the rendering of a cell; `_` inside words (dynamic_int8) is literal in GFM anyway.
+    for char in ("\\", "|", "<", "`", "*"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def stage_table(stages: list[StageResult], batch_sizes: list[int] | None = None) -> str:
+    """A Markdown table with one row per stage (columns: see `compress.report.table.table_headers`)."""
+    sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
+    headers = table_headers(sizes)
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if i >= 4 else "---" for i in range(len(headers))) + "|",
+    ]
+    for row in table_rows(stages, sizes):
+        lines.append("| " + " | ".join(md_escape(cell.text) for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def environment_lines(environment: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in environment.items():
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+        lines.append(f"- **{md_escape(key)}**: {md_escape(shown)}")
+    return lines
+
+
+def render_markdown(report: RunReport) -> str:
+    reference = reference_stage(report.stages)
+    lines = [
+        f"# compress report: {md_escape(report.recipe)}",
+        "",
+        f"- **Date**: {md_escape(report.created)}",
+        f"- **Output**: {md_escape(report.output_dir)}",
+        f"- **Total time**: {fmt_number(report.total_duration_s)} s",
+    ]
+    if report.stopped:
+        lines.append(f"- **Stopped early**: {md_escape(report.stopped)}")
+    lines += ["", "## Environment", "", *environment_lines(report.environment), "", "## Stages", ""]
+    lines.append(stage_table(report.stages))
+    lines += ["", _reading_guide(reference)]
+    problems = problem_stages(report.stages)
+    if problems:
+        lines += ["", "## Needs attention", ""]
+        for stage in problems:
+            message = md_escape(stage.message) if stage.message else "no message recorded"
+            lines.append(f"- **{md_escape(stage.name)}** ({stage.kind}, {status_text(stage)}): {message}")
+    return "\n".join(lines) + "\n"
+
+
+def _reading_guide(reference: StageResult | None) -> str:
+    ref = f"**{md_escape(reference.name)}**" if reference is not None else "none (no stage was timed)"
+    return (
+        f"Reference stage: {ref}. Δ is the primary metric minus the reference's; speedup is throughput over "
+        "the reference's at the same batch size. Agreement is the share of predictions equal to the source "
+        "stage's; step time is how long the step or export took (cached stages: the original time)."
+    )

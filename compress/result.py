@@ -65,6 +65,7 @@ class StageResult(BaseModel):
     prediction_agreement: float | None = Field(None, description="Share of argmax predictions equal to the source's.")
     metric_delta: float | None = Field(None, description="Primary metric minus the reference stage's.")
     artifact: str | None = Field(None, description="Directory of this stage's model or exported artifact.")
+    details: dict[str, Any] = Field(default_factory=dict, description="What the step found (e.g. truncate's search).")
     cached: bool = False
 
     @property

@@ -11,9 +11,9 @@ import datetime as dt
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,7 +59,9 @@ class RunResult:
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = True, progress: bool = True) -> None:
+    def __init__(
+        self, recipe: Recipe, output_dir: Path, *, resume: bool = True, progress: bool = True
+    ) -> None:
         self.recipe = recipe
         self.output_dir = output_dir
         self.resume = resume
@@ -68,8 +70,11 @@ class Runner:
         spec = recipe.evaluate
         want_cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
         if spec.device == "cuda" and not torch.cuda.is_available():
-            raise CompressError("evaluate.device is 'cuda' but no CUDA GPU is visible", where="evaluate.device",
-                                fix="use device: auto or cpu")
+            raise CompressError(
+                "evaluate.device is 'cuda' but no CUDA GPU is visible",
+                where="evaluate.device",
+                fix="use device: auto or cpu",
+            )
         self.device = torch.device("cuda" if want_cuda else "cpu")
         self.data = DataProvider(recipe.data, recipe.model.task, recipe.base_dir, recipe.seed)
         self.stages: list[StageResult] = []
@@ -98,8 +103,9 @@ class Runner:
             seed=self.recipe.seed,
         )
 
-    def _evaluate(self, result: StageResult, runtime: Runtime, stage_dir: Path,
-                  source_outputs: np.ndarray | None) -> StageResult:
+    def _evaluate(
+        self, result: StageResult, runtime: Runtime, stage_dir: Path, source_outputs: np.ndarray | None
+    ) -> StageResult:
         from compress.evaluate.evaluator import evaluate
 
         evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
@@ -152,8 +158,11 @@ class Runner:
             torch.set_num_threads(recipe.evaluate.threads)
         torch.manual_seed(recipe.seed)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        key = stable_hash(recipe.model.model_dump(), data_identity(recipe.data, recipe.base_dir),
-                          recipe.evaluate.model_dump())
+        key = stable_hash(
+            recipe.model.model_dump(),
+            data_identity(recipe.data, recipe.base_dir),
+            recipe.evaluate.model_dump(),
+        )
         stopped = self._baseline(key)
         reference = self.stages[0]
         previous_name = "baseline"
@@ -163,8 +172,13 @@ class Runner:
             stage_dir = self.store.stage_dir(index, step.label, key)
             result = self._cached(stage_dir, "model")
             if result is None:
-                result, handle = self._run_step(step, self._model(previous_name), key, stage_dir,
-                                                self.store.load_outputs(self.models[previous_name][0]))
+                result, handle = self._run_step(
+                    step,
+                    self._model(previous_name),
+                    key,
+                    stage_dir,
+                    self.store.load_outputs(self.models[previous_name][0]),
+                )
             else:
                 handle = _lazy_load(stage_dir / "model")
                 log.info("stage %s: cached", step.label)
@@ -176,8 +190,11 @@ class Runner:
             if step.sets_reference:
                 reference = result
             result.metric_delta = _delta(result, reference)
-            failure = check_gate(result, previous, step.config.max_accuracy_drop, f"step '{step.label}' limit") or \
-                check_gate(result, reference, recipe.gates.max_accuracy_drop, "recipe limit (gates.max_accuracy_drop)")
+            failure = check_gate(
+                result, previous, step.config.max_accuracy_drop, f"step '{step.label}' limit"
+            ) or check_gate(
+                result, reference, recipe.gates.max_accuracy_drop, "recipe limit (gates.max_accuracy_drop)"
+            )
             if failure:
                 result.status, result.message = "gate_failed", failure
                 self.store.save_result(stage_dir, result)
@@ -189,20 +206,33 @@ class Runner:
             for offset, exporter in enumerate(recipe.exports, start=len(recipe.steps) + 1):
                 source_name = exporter.config.source or previous_name
                 if source_name not in self.models:
-                    raise ConfigError(f"export '{exporter.label}' names source stage '{source_name}', "
-                                      "which this recipe does not have", where=f"exports[{offset - len(recipe.steps) - 1}].source",
-                                      fix=f"use one of: {', '.join(self.models)}")
+                    raise ConfigError(
+                        f"export '{exporter.label}' names source stage '{source_name}', "
+                        "which this recipe does not have",
+                        where=f"exports[{offset - len(recipe.steps) - 1}].source",
+                        fix=f"use one of: {', '.join(self.models)}",
+                    )
                 source_dir, _, source_key = self.models[source_name]
                 export_key = stable_hash(source_key, exporter.cache_key())
                 stage_dir = self.store.stage_dir(offset, f"export-{exporter.label}", export_key)
                 result = self._cached(stage_dir, "artifact")
                 if result is None:
-                    result = self._run_export(exporter, self._model(source_name), export_key, stage_dir,
-                                              self.store.load_outputs(source_dir), source_name)
+                    result = self._run_export(
+                        exporter,
+                        self._model(source_name),
+                        export_key,
+                        stage_dir,
+                        self.store.load_outputs(source_dir),
+                        source_name,
+                    )
                 result.metric_delta = _delta(result, reference)
                 source_result = next(s for s in self.stages if s.name == source_name)
-                failure = check_gate(result, source_result, exporter.config.max_accuracy_drop,
-                                     f"export '{exporter.label}' limit")
+                failure = check_gate(
+                    result,
+                    source_result,
+                    exporter.config.max_accuracy_drop,
+                    f"export '{exporter.label}' limit",
+                )
                 if result.status == "ok" and failure:
                     result.status, result.message = "gate_failed", failure
                 self.stages.append(result)
@@ -246,34 +276,54 @@ class Runner:
         handle = load_model(self.recipe.model, label_names=labels)
         if handle.max_length is None:
             context = getattr(handle.model.config, "max_position_embeddings", None)
-            handle.max_length = min(self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length)
+            handle.max_length = min(
+                self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length
+            )
         return handle
 
-    def _run_step(self, step, handle: ModelHandle, key: str, stage_dir: Path,
-                  source_outputs: np.ndarray | None) -> tuple[StageResult, ModelHandle]:
+    def _run_step(
+        self, step, handle: ModelHandle, key: str, stage_dir: Path, source_outputs: np.ndarray | None
+    ) -> tuple[StageResult, ModelHandle]:
         from compress.models.serialize import save_handle
 
         log.info("stage %s: applying", step.label)
         started = time.perf_counter()
+        step.progress = self.progress
         new_handle = step.apply(handle, self._context(key))
         duration = time.perf_counter() - started
         with atomic_directory(stage_dir / "model") as tmp:
             save_handle(new_handle, tmp)
-        result = StageResult(name=step.label, kind="step", step=step.name,
-                             config=step.config.model_dump(mode="json"), duration_s=duration,
-                             source=self.stages[-1].name, artifact=str(stage_dir / "model"))
-        details = getattr(step, "report_details", None)
-        if callable(details):
-            result.config["details"] = details()
+        result = StageResult(
+            name=step.label,
+            kind="step",
+            step=step.name,
+            config=step.config.model_dump(mode="json"),
+            duration_s=duration,
+            source=self.stages[-1].name,
+            artifact=str(stage_dir / "model"),
+            details=step.details(),
+        )
         result = self._evaluate(result, self._runtime(new_handle), stage_dir, source_outputs)
         self.store.save_result(stage_dir, result)
         return result, new_handle
 
-    def _run_export(self, exporter, handle: ModelHandle, key: str, stage_dir: Path,
-                    source_outputs: np.ndarray | None, source_name: str) -> StageResult:
-        result = StageResult(name=f"export:{exporter.label}", kind="export", step=exporter.name,
-                             config=exporter.config.model_dump(mode="json"), source=source_name,
-                             artifact=str(stage_dir / "artifact"))
+    def _run_export(
+        self,
+        exporter,
+        handle: ModelHandle,
+        key: str,
+        stage_dir: Path,
+        source_outputs: np.ndarray | None,
+        source_name: str,
+    ) -> StageResult:
+        result = StageResult(
+            name=f"export:{exporter.label}",
+            kind="export",
+            step=exporter.name,
+            config=exporter.config.model_dump(mode="json"),
+            source=source_name,
+            artifact=str(stage_dir / "artifact"),
+        )
         ctx = self._context(key)
         started = time.perf_counter()
         try:
@@ -293,7 +343,10 @@ class Runner:
             try:
                 result = self._evaluate(result, runtime, stage_dir, source_outputs)
             except Exception as exc:
-                result.status, result.message = "failed", f"evaluation in {runtime.name} failed: {type(exc).__name__}: {exc}"
+                result.status, result.message = (
+                    "failed",
+                    f"evaluation in {runtime.name} failed: {type(exc).__name__}: {exc}",
+                )
             finally:
                 runtime.close()
         if result.status in ("ok", "not_evaluated"):

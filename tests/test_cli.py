@@ -8,8 +8,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_unknown_step_is_a_clean_error(tmp_path):
@@ -26,8 +27,10 @@ def test_missing_data_file_is_a_clean_error(tmp_path, tiny_bert):
     tiny_bert.model.save_pretrained(tmp_path / "m")
     tiny_bert.tokenizer.save_pretrained(tmp_path / "m")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{source: {tmp_path / 'm'}}}\ndata: {{path: missing.tsv, text: sentence}}\n"
-                      "steps: [dynamic_int8]\n")
+    recipe.write_text(
+        f"model: {{source: {tmp_path / 'm'}}}\ndata: {{path: missing.tsv, text: sentence}}\n"
+        "steps: [dynamic_int8]\n"
+    )
     proc = run_cli("run", str(recipe), "--output", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "missing.tsv" in proc.stderr
@@ -36,8 +39,18 @@ def test_missing_data_file_is_a_clean_error(tmp_path, tiny_bert):
 def test_list_shows_builtins():
     proc = run_cli("list")
     assert proc.returncode == 0, proc.stderr
-    for name in ("finetune", "truncate", "dynamic_int8", "distill", "onnx", "openvino", "tensorrt", "coreml",
-                 "accuracy", "perplexity"):
+    for name in (
+        "finetune",
+        "truncate",
+        "dynamic_int8",
+        "distill",
+        "onnx",
+        "openvino",
+        "tensorrt",
+        "coreml",
+        "accuracy",
+        "perplexity",
+    ):
         assert name in proc.stdout
 
 

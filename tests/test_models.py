@@ -31,3 +31,14 @@ def test_save_load_roundtrip_dynamic_int8_keeps_int8_weights(tiny_bert, tmp_path
 
     tensors = load_file(str(tmp_path / "q" / "model.safetensors"))
     assert any(t.dtype == torch.int8 for t in tensors.values())
+
+
+def test_cast_stage_reloads_in_half_precision(tiny_bert, tmp_path):
+    from compress.steps.cast import Cast
+
+    half = Cast(dtype="bfloat16").apply(tiny_bert, ctx=None)
+    assert next(tiny_bert.model.parameters()).dtype == torch.float32  # input untouched
+    save_handle(half, tmp_path / "h")
+    loaded = load_handle(tmp_path / "h")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    assert TorchRuntime(loaded).size_bytes() * 2 == TorchRuntime(tiny_bert).size_bytes()

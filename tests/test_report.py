@@ -240,3 +240,27 @@ def test_bad_report_json_names_the_file(tmp_path: Path, content: str | None, exp
     with pytest.raises(CompressError, match=expected) as info:
         read_report(path)
     assert str(path) in str(info.value)
+
+
+def test_lower_is_better_metric_report(tmp_path: Path) -> None:
+    def lm_stage(name: str, kind: str, perplexity: float, p50: float, **fields) -> StageResult:
+        return StageResult(
+            name=name,
+            kind=kind,
+            metrics={"perplexity": perplexity},
+            primary_metric="perplexity",
+            higher_is_better=False,
+            latency={"1": latency(1, p50)},
+            **fields,
+        )
+
+    stages = [
+        lm_stage("baseline", "baseline", 24.31, 40.0, metric_delta=0.0),
+        lm_stage("int8", "step", 25.02, 22.0, metric_delta=0.71, source="baseline"),
+    ]
+    report = realistic_report().model_copy(update={"stages": stages, "stopped": None})
+    paths = write_reports(report, tmp_path)
+    md, html = paths["md"].read_text(), paths["html"].read_text()
+    assert "perplexity 25.02 (+0.71)" in md and "Stopped early" not in md
+    assert html.count("<svg") == 3 and "lower is better" in html
+    assert read_report(paths["json"]).stages[1].higher_is_better is False

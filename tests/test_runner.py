@@ -80,7 +80,9 @@ def test_step_gate_stops_the_recipe(model_dir, data_file, tmp_path):
 
 
 def test_recipe_gate_uses_the_reference(model_dir, data_file, tmp_path):
-    recipe = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=2)], gates=cx.GateSpec(max_accuracy_drop=0.0))
+    recipe = make_recipe(
+        model_dir, data_file, [cx.steps.Truncate(max_length=2)], gates=cx.GateSpec(max_accuracy_drop=0.0)
+    )
     result = recipe.run(tmp_path / "run", progress=False)
     drop = result["baseline"].metrics["accuracy"] - result["truncate"].metrics["accuracy"]
     assert (result["truncate"].status == "gate_failed") == (drop > 0)
@@ -112,7 +114,9 @@ def test_resume_after_interruption_reuses_finished_stages(model_dir, data_file, 
     assert (truncate_dir / "result.json").stat().st_mtime_ns == stamp
     assert result["explodes_once"].status == "ok"
     # Changing a step re-runs it and what follows, not what precedes it.
-    changed = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=12), ExplodesOnce(StepConfig())])
+    changed = make_recipe(
+        model_dir, data_file, [cx.steps.Truncate(max_length=12), ExplodesOnce(StepConfig())]
+    )
     again = changed.run(tmp_path / "run", progress=False)
     assert [s.cached for s in again.stages] == [True, False, False]
 
@@ -149,7 +153,10 @@ class TorchDirExporter(Exporter):
 
 def test_failed_export_is_reported_and_others_still_run(model_dir, data_file, tmp_path):
     recipe = make_recipe(
-        model_dir, data_file, [cx.steps.Truncate(max_length=16)], exports=[BrokenExporter(), TorchDirExporter()]
+        model_dir,
+        data_file,
+        [cx.steps.Truncate(max_length=16)],
+        exports=[BrokenExporter(), TorchDirExporter()],
     )
     result = recipe.run(tmp_path / "run", progress=False)
     broken, good = result["export:broken"], result["export:torchdir"]

@@ -136,3 +136,14 @@ def test_gradient_accumulation_and_fractional_epochs_count_optimizer_steps(
     assert _run(tiny_tokenizer, data, tmp_path / "a", gradient_accumulation_steps=2).steps == 4
     assert _run(tiny_tokenizer, data, tmp_path / "b", epochs=1.5).steps == 12
     assert _run(tiny_tokenizer, data, tmp_path / "c", max_steps=3).steps == 3
+
+
+def test_mixed_precision_bf16_trains_on_cpu_and_fp16_falls_back(
+    tiny_tokenizer, sst2_train, tmp_path: Path
+) -> None:
+    data = sst2_train.head(16)
+    bf16 = _run(tiny_tokenizer, data, tmp_path / "bf16", mixed_precision="bf16")
+    assert bf16.steps == 2 and all(torch.isfinite(torch.tensor(bf16.losses)))
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # autocast, weights stay fp32
+    fp16 = _run(tiny_tokenizer, data, tmp_path / "fp16", mixed_precision="fp16")
+    assert fp16.steps == 2

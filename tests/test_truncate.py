@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_bert
 from pydantic import ValidationError
 
 from compress.config import EvalSpec, format_validation_error
@@ -40,6 +41,19 @@ def accuracy(handle: ModelHandle, data: TextData, eval_spec: EvalSpec) -> float:
         )
         predictions.append(runtime.predict({k: v.astype(np.int64) for k, v in batch.items()}).argmax(-1))
     return float(np.mean(np.concatenate(predictions) == np.asarray(data.labels)))
+
+
+@pytest.fixture
+def content_sensitive_bert(tiny_tokenizer, sst2_dev) -> ModelHandle:
+    """A random tiny BERT whose classifier bias is centred on the dev margins, so its predictions depend on
+    the text (an uncentred random BERT predicts one class for everything, which no truncation changes).
+    Seed 2 is one where the shortest derived candidate loses accuracy, so the search has to go on."""
+    handle = make_tiny_bert(tiny_tokenizer, seed=2)
+    encoded = tiny_tokenizer(sst2_dev.texts, padding=True, return_tensors="np")
+    logits = TorchRuntime(handle).predict({k: v.astype(np.int64) for k, v in encoded.items()})
+    with torch.no_grad():
+        handle.model.classifier.bias[1] -= float(np.median(logits[:, 1] - logits[:, 0]))
+    return handle
 
 
 def context(data: TextData, tmp_path: Path, calls: list[int] | None = None) -> StageContext:
@@ -78,41 +92,50 @@ def test_fixed_max_length_beyond_position_embeddings_is_a_config_error(tiny_bert
     assert info.value.where == "truncate.max_length"
 
 
-def test_auto_picks_the_shortest_length_within_budget(tiny_bert, sst2_dev, tmp_path) -> None:
+def test_auto_picks_the_shortest_length_within_budget(content_sensitive_bert, sst2_dev, tmp_path) -> None:
+    model = content_sensitive_bert
     calls: list[int] = []
     ctx = context(sst2_dev, tmp_path, calls)
     step = Truncate(max_length="auto", max_accuracy_drop=0.02)
     step.progress = False
-    out = step.apply(tiny_bert, ctx)
+    out = step.apply(model, ctx)
 
-    reference = accuracy(tiny_bert.replace(max_length=128), sst2_dev, ctx.eval_spec)
+    reference = accuracy(model.replace(max_length=128), sst2_dev, ctx.eval_spec)
     chosen = accuracy(out, sst2_dev, ctx.eval_spec)
     assert out.max_length <= 128
     assert reference - chosen <= 0.02 + 1e-9  # re-measured, not taken from the step's own records
     assert calls[0] == 128  # the untruncated reference is measured first
     results = step.search_results
-    assert results[0] == {"max_length": 128, "metric": reference, "drop": 0.0, "within_budget": True,
-                          "reference": True}
+    assert results[0] == {
+        "max_length": 128,
+        "metric": reference,
+        "drop": 0.0,
+        "within_budget": True,
+        "reference": True,
+    }
     searched = results[1:]
+    assert len(searched) >= 2, "this model was chosen so that a short candidate fails; check the fixture"
     assert [r["max_length"] for r in searched] == sorted(r["max_length"] for r in searched)
     assert searched[-1]["max_length"] == out.max_length and searched[-1]["within_budget"]
     # every shorter candidate it tried really was over budget (so the choice is the shortest that fits)
     for record in searched[:-1]:
         assert record["drop"] > 0.02
-        truncated = tiny_bert.replace(max_length=record["max_length"])
+        truncated = model.replace(max_length=record["max_length"])
         assert accuracy(truncated, sst2_dev, ctx.eval_spec) == pytest.approx(record["metric"])
     # the derived candidates stop at the longest dev sentence, so the search never runs past it
-    assert out.max_length <= 8 * -(-max(token_lengths(tiny_bert.tokenizer, sst2_dev)) // 8)
+    assert out.max_length <= 8 * -(-max(token_lengths(model.tokenizer, sst2_dev)) // 8)
 
 
-def test_auto_with_explicit_candidates_and_no_budget(tiny_bert, sst2_dev, tmp_path) -> None:
+def test_auto_with_explicit_candidates_and_no_budget(content_sensitive_bert, sst2_dev, tmp_path) -> None:
     calls: list[int] = []
-    step = Truncate(max_length="auto", candidates=[512, 64, 4, 16])
+    step = Truncate(max_length="auto", candidates=[512, 64, 4, 16, 8])
     step.progress = False
-    out = step.apply(tiny_bert, context(sst2_dev, tmp_path, calls))
-    assert calls[0] == 128 and all(c < 128 for c in calls[1:])  # 512 > reference: never tried
-    assert calls[1:] == sorted(calls[1:])
-    assert step.search_results[-1]["drop"] <= 1e-9 or out.max_length == 128  # budget 0: nothing lost
+    out = step.apply(content_sensitive_bert, context(sst2_dev, tmp_path, calls))
+    assert calls[0] == 128 and 512 not in calls  # longer than the reference: never tried
+    assert calls[1:] == sorted(calls[1:]) and out.max_length == calls[-1]
+    # no max_accuracy_drop: a budget of 0, so the choice loses nothing and every shorter try lost something
+    *rejected, chosen = step.search_results[1:]
+    assert chosen["drop"] <= 1e-9 and all(r["drop"] > 0 for r in rejected)
 
 
 def test_candidates_from_data_are_sorted_rounded_and_capped(tiny_tokenizer, sst2_dev) -> None:
@@ -139,8 +162,12 @@ def test_metric_direction() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "bad_field"),
-    [({"max_length": 0}, "max_length"), ({"max_length": "autox"}, "max_length"),
-     ({"max_length": 32, "candidates": [16]}, "truncate"), ({"candidates": [0]}, "candidates")],
+    [
+        ({"max_length": 0}, "max_length"),
+        ({"max_length": "autox"}, "max_length"),
+        ({"max_length": 32, "candidates": [16]}, "truncate"),
+        ({"candidates": [0]}, "candidates"),
+    ],
 )
 def test_invalid_config_is_rejected_with_the_field_named(fields, bad_field) -> None:
     with pytest.raises(ValidationError) as info:

@@ -16,11 +16,19 @@ class DataProvider:
         self.base_dir = base_dir
         self.seed = seed
 
-    def _load(self, spec: DataSpec, split: str, limit: int | None, sample_seed: int | None, where: str) -> TextData:
+    def _load(
+        self, spec: DataSpec, split: str, limit: int | None, sample_seed: int | None, where: str
+    ) -> TextData:
         from compress.data.load import load_text_data
 
         return load_text_data(
-            spec, split, task=self.task, limit=limit, sample_seed=sample_seed, base_dir=self.base_dir, where=where
+            spec,
+            split,
+            task=self.task,
+            limit=limit,
+            sample_seed=sample_seed,
+            base_dir=self.base_dir,
+            where=where,
         )
 
     @functools.cached_property
@@ -41,4 +49,4 @@ class DataProvider:
     @functools.lru_cache(maxsize=4)  # noqa: B019  (one provider per run)
     def calibration(self, samples: int) -> TextData:
         split = self.spec.calibration_split or self.spec.train_split
-        return self._load(self._aligned_spec(), split, samples, self.seed, "data.calibration_split")
+        return self._load(self._aligned_spec(), split, samples, self.seed, "data")

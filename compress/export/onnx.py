@@ -43,7 +43,7 @@ class OnnxConfig(ExportConfig):
     optimize: bool | None = Field(
         None,
         description="Fuse attention, layer norm and GELU with ONNX Runtime's transformer optimizer; "
-        "default: on for BERT-family encoders, off otherwise (only encoders are supported).",
+        "default: on for BERT-family encoders (off for decoders and with `quantize: static`).",
     )
     quantize: Literal["none", "dynamic", "static"] = Field(
         "none",
@@ -73,7 +73,7 @@ class OnnxExporter(Exporter):
 
     def export(self, model: ModelHandle, ctx: StageContext, out_dir: Path) -> None:
         where = f"exports.{self.label}"
-        optimize = resolve_optimize(model, self.config.optimize, where)
+        optimize = resolve_optimize(model, self.config.optimize, self.config.quantize, where)
         import_optional("onnxruntime", "onnx")  # fail before the slow conversion when it is missing
         with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix=".onnx-export-") as tmp:
             graph = Path(tmp) / MODEL_FILE
@@ -92,6 +92,7 @@ class OnnxExporter(Exporter):
                     model.tokenizer,
                     input_names,
                     inference_max_length(model, ctx),
+                    same_length=self.config.calibration_method != "minmax",
                 )
                 quantize_onnx_static(
                     graph,
@@ -205,7 +206,7 @@ def torch_to_onnx(model: ModelHandle, path: Path, *, opset: int, where: str) -> 
     input_names = onnx_input_names(model)
     causal = model.task == "causal-lm"
     module = model.model
-    device = next(module.parameters()).device
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
     was_training = module.training
     wrapper = LogitsOnly(module, input_names, causal).eval()  # export restores the wrapper's mode: keep eval
     inputs = tuple(t.to(device) for t in example_inputs(model, input_names))
@@ -251,7 +252,7 @@ def describe_failure(exc: Exception) -> str:
     return f"the op '{match.group(1)}': {first_line}" if match else f"the model: {first_line}"
 
 
-def resolve_optimize(model: ModelHandle, requested: bool | None, where: str) -> bool:
+def resolve_optimize(model: ModelHandle, requested: bool | None, quantize: str, where: str) -> bool:
     model_type = getattr(getattr(model.model, "config", None), "model_type", None)
     supported = model_type in OPTIMIZABLE_TYPES
     if requested and not supported:
@@ -260,7 +261,15 @@ def resolve_optimize(model: ModelHandle, requested: bool | None, where: str) -> 
             where=f"{where}.optimize",
             fix="set `optimize: false` (or leave it unset)",
         )
-    return supported if requested is None else requested
+    if requested and quantize == "static":
+        # The fused ops carry no type information, so the static quantizer would skip their activations.
+        raise ConfigError(
+            "static INT8 cannot calibrate the optimizer's fused ops (Attention, SkipLayerNormalization)",
+            where=f"{where}.optimize",
+            fix="leave `optimize` unset with `quantize: static` (ONNX Runtime fuses the Q/DQ graph itself), "
+            "or use `quantize: dynamic`",
+        )
+    return supported and quantize != "static" if requested is None else requested
 
 
 def optimize_transformer(model: ModelHandle, source: Path, target: Path, *, where: str) -> Path:

@@ -60,6 +60,7 @@ def quantize_onnx_static(
     `symmetric` makes activations signed int8 with zero point 0 (TensorRT's requirement); otherwise they are
     uint8 with a zero point, which suits ONNX Runtime's CPU kernels.
     """
+    onnx = import_optional("onnx", "onnx")
     quantization = import_optional("onnxruntime.quantization", "onnx")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -72,7 +73,7 @@ def quantize_onnx_static(
         prepared = Path(tmp) / "prepared.onnx"
         # Symbolic shape inference fails on transformer graphs with dynamic axes; ONNX's own shape
         # inference is enough for the quantizer.
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(source), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         quantization.quantize_static(
             str(prepared),
             str(target),
@@ -83,7 +84,12 @@ def quantize_onnx_static(
             activation_type=quantization.QuantType.QInt8 if symmetric else quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": symmetric,
+                "WeightSymmetric": True,
+                # Outputs of the optimizer's fused ops have no inferred type; they are all float.
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
         )
 
 
@@ -118,12 +124,30 @@ def calibration_feeds(
     input_names: list[str],
     max_length: int,
     batch_size: int = CALIBRATION_BATCH_SIZE,
+    *,
+    same_length: bool = False,
 ) -> list[Feed]:
-    """Tokenize calibration texts the way the evaluator does, into int64 batches of the graph's inputs."""
+    """Tokenize calibration texts the way the evaluator does, into int64 batches of the graph's inputs.
+
+    `same_length` pads every batch to the longest row of all: ORT's histogram calibrators (entropy,
+    percentile) stack the activations of all batches, so their shapes must agree.
+    """
     from compress.evaluate.batching import tokenize_batches
 
     batches = tokenize_batches(tokenizer, data, batch_size, max_length)
-    return [select_inputs(batch.inputs, input_names) for batch in batches]
+    feeds = [select_inputs(batch.inputs, input_names) for batch in batches]
+    if same_length and feeds:
+        longest = max(feed["input_ids"].shape[1] for feed in feeds)
+        pad_id = tokenizer.pad_token_id or 0
+        feeds = [
+            {name: _pad_right(a, longest, pad_id if name == "input_ids" else 0) for name, a in feed.items()}
+            for feed in feeds
+        ]
+    return feeds
+
+
+def _pad_right(array: np.ndarray, length: int, value: int) -> np.ndarray:
+    return np.pad(array, ((0, 0), (0, length - array.shape[1])), constant_values=value)
 
 
 def select_inputs(batch: Mapping[str, np.ndarray], input_names: list[str]) -> Feed:

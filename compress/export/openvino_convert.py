@@ -95,7 +95,7 @@ def quantize_int8(
 
 
 def compress_weights(ov_model: Any, mode: WeightCompression, *, group_size: int, ratio: float) -> Any:
-    """NNCF data-free weight compression: INT8 per channel, or INT4 in groups (`ratio` of layers, rest INT8)."""
+    """NNCF data-free weight compression: INT8 per channel, or grouped INT4 (`ratio` of layers, rest INT8)."""
     nncf = import_optional("nncf", "openvino")
     weight_mode = getattr(nncf.CompressWeightsMode, WEIGHT_MODES[mode])
     if mode == "int8":

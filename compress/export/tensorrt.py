@@ -81,7 +81,10 @@ class TensorRTExporter(Exporter):
             input_names = torch_to_onnx(model, graph, opset=self.config.opset, where=where)
             if self.config.precision == "int8":
                 data = ctx.calibration_data(self.config.calibration_samples)
-                feeds = calibration_feeds(data, model.tokenizer, input_names, shapes["max"][1])
+                feeds = calibration_feeds(
+                    data, model.tokenizer, input_names, shapes["max"][1],
+                    same_length=self.config.calibration_method != "minmax",
+                )  # fmt: skip
                 # MatMul only: TensorRT fuses Q/DQ around GEMMs; quantizing Add/Softmax inputs costs accuracy.
                 quantize_onnx_static(
                     graph, out_dir / MODEL_FILE, feeds, per_channel=True, symmetric=True,

@@ -93,6 +93,9 @@ def load_handle(directory: Path) -> ModelHandle:
     plain = {k: v for k, v in tensors.items() if not k.endswith(_QSUFFIXES)}
     # Start from the fresh model's own state so quantized modules find the packed entries they expect,
     # then overwrite with the saved tensors and finally the saved int8 weights.
+    saved_dtypes = {t.dtype for t in plain.values() if t.is_floating_point()}
+    if len(saved_dtypes) == 1 and torch.float32 not in saved_dtypes:  # a `cast` stage: keep its precision
+        model = model.to(saved_dtypes.pop())
     state = model.state_dict()
     unexpected = [k for k in plain if k not in state]
     missing = [k for k in state if k not in plain and not _is_tied_or_quantized(model, k)]

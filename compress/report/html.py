@@ -35,7 +35,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 tr.status-gate_failed td { background: #fff7e6; } tr.status-failed td { background: #fdecea; }
 tr.status-not_evaluated td { background: #f4f4f4; color: #666; }
 tr.reference td:first-child { font-weight: 600; }
-.badge { display: inline-block; padding: 0 .45rem; border-radius: .6rem; font-size: .75rem; }
+.badge { display: inline-block; white-space: nowrap; padding: 0 .45rem; border-radius: .6rem;
+         font-size: .75rem; }
 .badge.ok { background: #e3f4ea; color: #1e6b3c; }
 .badge.gate_failed { background: #ffe9c2; color: #8a5300; }
 .badge.failed { background: #fbd5d0; color: #8e1c10; }

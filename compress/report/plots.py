@@ -234,7 +234,7 @@ def _waterfall_panel(
             ax.plot([i - 0.3, i + 0.3], [end, end], color="gray", linewidth=2)
         else:
             ax.bar(i, high - low, bottom=low, width=0.6, color=UP if better else DOWN, alpha=0.8)
-        change = f"×{end / start:.2f}" if log else f"{end - start:+.4f}"
+        change = f"×{end / start:.2f}" if log else f"{end - start:+.{4 if abs(end) < 10 else 2}f}"
         ax.annotate(
             f"{change}\n(now {_level_text(end, log)})",
             (i, high),

@@ -70,10 +70,11 @@ def fmt_metric(value: float | None) -> str:
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
-def fmt_delta(value: float | None) -> str:
+def fmt_delta(value: float | None, metric: float) -> str:
+    """A change with the decimals its metric is shown with (accuracy 4, perplexity 2)."""
     if value is None:
         return ""
-    return f"{value:+.4f}" if abs(value) < 10 else f"{value:+.2f}"
+    return f"{value:+.4f}" if abs(metric) < 10 else f"{value:+.2f}"
 
 
 def status_text(stage: StageResult) -> str:
@@ -141,7 +142,7 @@ def _metric_text(stage: StageResult) -> str:
         return "–"
     text = f"{stage.primary_metric} {fmt_metric(stage.primary)}"
     if stage.metric_delta is not None:
-        text += f" ({fmt_delta(stage.metric_delta)})"
+        text += f" ({fmt_delta(stage.metric_delta, stage.primary)})"
     return text
 
 

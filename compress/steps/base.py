@@ -52,6 +52,7 @@ class Step(ABC):
     # A step that produces the model later stages should be judged against (e.g. finetune makes the teacher)
     # sets this; recipe gates then compare with its result rather than the untrained baseline.
     sets_reference: ClassVar[bool] = False
+    progress: bool = True  # the runner turns progress bars off with `--quiet`
 
     def __init__(self, config: StepConfig | None = None, **kwargs: Any) -> None:
         self.config = config if config is not None else self.Config(**kwargs)
@@ -63,6 +64,10 @@ class Step(ABC):
     @property
     def label(self) -> str:
         return self.config.label or self.name
+
+    def details(self) -> dict[str, Any]:
+        """What the last `apply` found that the report should keep (e.g. a search's scores)."""
+        return {}
 
     def cache_key(self) -> dict[str, Any]:
         return {"step": self.name, "config": self.config.model_dump(mode="json", exclude={"label"})}

@@ -29,7 +29,7 @@ TIE_TOLERANCE = 1e-9  # equal metrics computed in a different order must not cou
 
 
 def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of `metric` is better (accuracy, F1) or worse (perplexity, loss, error rates)."""
+    """Whether larger is better (accuracy, F1) or worse (perplexity, loss, error rates), from the name."""
     name = metric.lower()
     return not any(word in name for word in LOWER_IS_BETTER_WORDS)
 
@@ -114,12 +114,13 @@ class Truncate(Step):
     name: ClassVar[str] = "truncate"
     Config = TruncateConfig
     config: TruncateConfig
-    progress: bool = True
-
     def __init__(self, config: TruncateConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         # Filled by `apply` with max_length="auto": the reference first, then each scored candidate.
         self.search_results: list[dict[str, Any]] = []
+
+    def details(self) -> dict[str, Any]:
+        return {"search": self.search_results} if self.search_results else {}
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         limit = model_position_limit(model)
@@ -153,19 +154,30 @@ class Truncate(Step):
 
         reference = score(reference_length)
         self.search_results = [
-            {"max_length": reference_length, "metric": reference, "drop": 0.0, "within_budget": True,
-             "reference": True}
+            {
+                "max_length": reference_length,
+                "metric": reference,
+                "drop": 0.0,
+                "within_budget": True,
+                "reference": True,
+            }
         ]
         candidates = self.config.candidates or candidate_lengths(
             token_lengths(model.tokenizer, ctx.eval_data()), reference_length
         )
         shorter = [c for c in sorted(set(candidates)) if c < reference_length]
-        chosen, scored = shortest_within_budget(shorter, score, reference, budget, higher_better, self.progress)
+        chosen, scored = shortest_within_budget(
+            shorter, score, reference, budget, higher_better, self.progress
+        )
         self.search_results += scored
         if chosen is None:
             logger.warning(
                 "truncate: no length shorter than %d keeps %s within %.4f of %.4f; keeping %d",
-                reference_length, metric, budget, reference, reference_length,
+                reference_length,
+                metric,
+                budget,
+                reference,
+                reference_length,
             )
             chosen = reference_length
         logger.info("truncate: chose max_length=%d (reference %d)", chosen, reference_length)

@@ -43,6 +43,7 @@ class Distill(Step):
         teacher = teacher.float().eval().requires_grad_(False)
         set_seed(seed)
         student, tokenizer = build_student(cfg.student, teacher, teacher_handle, seed)
+        student.requires_grad_(True)  # a student copied from the teacher inherits its frozen flags
         data = self._training_data(ctx, teacher.config.num_labels)
         online = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0
         if online and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher_handle.tokenizer):

@@ -1,0 +1,116 @@
+"""Run a recipe as a benchmark: every row comes from one run of the recipe (side by side, same inputs).
+
+Writes `benchmarks/results/<name>.json` (command, hardware, versions, rows, summary) and a Markdown table
+under docs/benchmarks/. The benchmark scripts only choose the recipe and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compress.environment import environment
+from compress.io import atomic_write_text
+from compress.recipe import Recipe
+from compress.result import StageResult
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+
+
+def stage_row(stage: StageResult) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "stage": stage.name,
+        "kind": stage.kind,
+        "status": stage.status,
+        "runtime": stage.runtime,
+        "device": stage.device,
+        "accuracy": stage.metrics.get("accuracy"),
+        "size_mb": stage.size_mb,
+        "peak_memory_mb": stage.peak_memory_mb,
+        "max_abs_diff": stage.max_abs_diff,
+        "prediction_agreement": stage.prediction_agreement,
+        "message": stage.message,
+    }
+    for batch, stats in stage.latency.items():
+        suffix = f"_batch{batch}"
+        row |= {
+            f"p50_ms{suffix}": stats.p50_ms,
+            f"p95_ms{suffix}": stats.p95_ms,
+            f"p99_ms{suffix}": stats.p99_ms,
+            f"throughput_per_s{suffix}": stats.throughput_per_s,
+        }
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
+    head = ["stage", "runtime", "accuracy"]
+    for b in batch_sizes:
+        head += [f"b{b} P50 ms", f"b{b} P95 ms", f"b{b} P99 ms", f"b{b} samples/s"]
+    head += ["size MB", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def fmt(value: Any, digits: int = 1) -> str:
+        return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    for row in rows:
+        cells = [row["stage"], f"{row['runtime'] or '—'}/{row['device'] or '—'}",
+                 "—" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f} %"]
+        for b in batch_sizes:
+            cells += [fmt(row.get(f"p50_ms_batch{b}"), 2), fmt(row.get(f"p95_ms_batch{b}"), 2),
+                      fmt(row.get(f"p99_ms_batch{b}"), 2), fmt(row.get(f"throughput_per_s_batch{b}"))]
+        cells += [fmt(row["size_mb"]), row["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_benchmark(
+    name: str,
+    recipe_path: Path,
+    output: Path,
+    summarize: Callable[[list[StageResult]], dict[str, Any]],
+    overrides: dict[str, Any] | None = None,
+    title: str = "",
+) -> dict[str, Any]:
+    recipe = Recipe.from_yaml(recipe_path, overrides)
+    result = recipe.run(output)
+    rows = [stage_row(s) for s in result.stages]
+    record = {
+        "name": name,
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "recipe": str(recipe_path.relative_to(REPO)) if recipe_path.is_relative_to(REPO) else str(recipe_path),
+        "overrides": overrides or {},
+        "hardware": {k: environment()[k] for k in ("cpu", "cpu_flags", "cpu_count", "cuda", "platform")},
+        "versions": {k: v for k, v in environment().items() if k not in ("cpu", "cpu_flags", "cpu_count", "cuda",
+                                                                           "platform", "torch_threads")},
+        "threads": recipe.evaluate.threads,
+        "eval_samples": result.stages[0].eval_samples,
+        "rows": rows,
+        "summary": summarize(result.stages),
+        "report": str(output / "report.md"),
+    }
+    atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(record, indent=2) + "\n")
+    doc = REPO / "docs" / "benchmarks" / f"{name}.md"
+    body = [
+        f"# {title or name}\n",
+        f"Command: `{record['command']}`  ",
+        f"Hardware: {record['hardware']['cpu']} ({record['hardware']['cpu_count']} cores, flags "
+        f"{', '.join(record['hardware']['cpu_flags']) or 'none'}), GPU: {record['hardware']['cuda'] or 'none'}, "
+        f"threads: {record['threads']}, samples: {record['eval_samples']}  ",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}\n",
+        markdown_table(rows, recipe.evaluate.batch_sizes),
+        "\n## Summary\n",
+        "\n".join(f"- `{k}`: {v}" for k, v in record["summary"].items()),
+        f"\nRaw figures: `benchmarks/results/{name}.json`; full per-stage report: `{output}/report.md`.\n",
+    ]
+    atomic_write_text(doc, "\n".join(body))
+    return record
+
+
+def throughput(stage: StageResult, batch: int) -> float | None:
+    stats = stage.latency.get(str(batch))
+    return stats.throughput_per_s if stats else None

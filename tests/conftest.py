@@ -51,7 +51,10 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFas
     vocab = specials + [w for w, _ in counts.most_common(2000) if w not in specials]
     vocab_file = tmp_path_factory.mktemp("tok") / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    # transformers 5 ignores `vocab_file=` here (every word became [UNK]); `vocab=` loads the file.
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)
+    assert tokenizer.vocab_size == len(vocab)
+    return tokenizer
 
 
 def make_tiny_bert(tokenizer: BertTokenizerFast, layers: int = 2, hidden: int = 32, seed: int = 0) -> ModelHandle:

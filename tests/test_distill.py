@@ -232,7 +232,7 @@ def test_hidden_and_attention_transfer_run_the_teacher_online(
 def test_distill_end_to_end_trains_a_smaller_student(sst2_train, sst2_dev, tmp_path: Path) -> None:
     teacher_handle = make_tiny_bert(word_tokenizer(), layers=2)
     ctx = make_context(sst2_train, sst2_dev, tmp_path / "finetune")
-    teacher = Finetune(epochs=4, learning_rate=3e-3, batch_size=16, progress=False).apply(teacher_handle, ctx)
+    teacher = Finetune(epochs=6, learning_rate=3e-3, batch_size=16, progress=False).apply(teacher_handle, ctx)
     teacher_before = copy.deepcopy(teacher.model.state_dict())
     unlabeled = tmp_path / "extra.txt"
     unlabeled.write_text("\n".join(sst2_dev.texts[:32]) + "\n\n")

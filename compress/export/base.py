@@ -53,7 +53,10 @@ class Exporter(ABC):
         return self.config.label or self.name
 
     def cache_key(self) -> dict[str, Any]:
-        return {"exporter": self.name, "config": self.config.model_dump(mode="json", exclude={"label", "source"})}
+        return {
+            "exporter": self.name,
+            "config": self.config.model_dump(mode="json", exclude={"label", "source"}),
+        }
 
 
 def write_metadata(model: ModelHandle, out_dir: Path, **extra: Any) -> None:

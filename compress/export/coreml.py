@@ -80,9 +80,7 @@ class CoreMLExporter(Exporter):
             compute_units=cfg.compute_units, target=cfg.minimum_deployment_target, where=where,
         )  # fmt: skip
         if cfg.weight_quantization != "none":
-            mlmodel = compress_weights(
-                mlmodel, cfg.weight_quantization, weight_threshold=cfg.weight_threshold
-            )
+            mlmodel = compress_weights(mlmodel, cfg.weight_quantization, weight_threshold=cfg.weight_threshold)
         mlmodel.save(str(out_dir / PACKAGE))
         summary = validate_package(
             out_dir / PACKAGE, input_names=input_names, max_batch_size=max_batch, max_length=max_length,
@@ -109,8 +107,7 @@ class CoreMLExporter(Exporter):
 
     def _notes(self, max_batch: int, max_length: int) -> list[str]:
         notes = [
-            f"Inputs are int32 tensors of shape (batch, sequence): batch 1…{max_batch}, sequence "
-            f"1…{max_length}.",
+            f"Inputs are int32 tensors of shape (batch, sequence): batch 1…{max_batch}, sequence 1…{max_length}.",
             "Core ML runs only on Apple platforms (macOS, iOS, …); `pip install coremltools` for the Python "
             "API, or drag the .mlpackage into Xcode for Swift.",
             f"Minimum deployment target: {self.config.minimum_deployment_target}.",

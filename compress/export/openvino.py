@@ -75,8 +75,7 @@ class OpenVinoConfig(ExportConfig):
     def _one_compression(self) -> OpenVinoConfig:
         if self.quantize != "none" and self.weight_compression != "none":
             raise ValueError(
-                "set either `quantize: int8` (weights and activations) or `weight_compression` (weights "
-                "only), not both"
+                "set either `quantize: int8` (weights and activations) or `weight_compression` (weights only), not both"
             )
         return self
 
@@ -151,9 +150,7 @@ class OpenVinoExporter(Exporter):
                 "CPUs INT8 can be slower than FP32."
             )
         if cfg.weight_compression != "none":
-            notes.append(
-                f"Weights compressed to {cfg.weight_compression} by NNCF (data-free); activations stay float."
-            )
+            notes.append(f"Weights compressed to {cfg.weight_compression} by NNCF (data-free); activations stay float.")
         return notes
 
     def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:

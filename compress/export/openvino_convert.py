@@ -62,9 +62,7 @@ def torch_to_openvino(model: ModelHandle, where: str) -> tuple[Any, list[str]]:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python bools in HF's mask code
-            ov_model = ov.convert_model(
-                wrapper, example_input=example_inputs(model, input_names), input=shapes
-            )
+            ov_model = ov.convert_model(wrapper, example_input=example_inputs(model, input_names), input=shapes)
     except Exception as exc:
         raise ExportError(
             f"OpenVINO could not convert {describe_conversion_failure(exc)} (stage: torch → OpenVINO IR)",

@@ -52,8 +52,7 @@ class CoreMLRuntime(Runtime):
         reason = coreml_unavailable_reason()
         if reason is not None:
             raise NotEvaluable(
-                f"not evaluated: {reason}; {Path(package).name} was converted and validated (spec, inputs, "
-                "outputs)",
+                f"not evaluated: {reason}; {Path(package).name} was converted and validated (spec, inputs, outputs)",
                 fix="evaluate the artifact on a Mac (`compress` there runs it with Core ML)",
             )
         self.package = Path(package)

@@ -17,7 +17,8 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 class CastConfig(StepConfig):
     dtype: Literal["float16", "bfloat16", "float32"] = Field(
-        "float16", description="Target dtype of every floating-point weight. FP16 on CPU is slow: use it on GPU."
+        "float16",
+        description="Target dtype of every floating-point weight. FP16 on CPU is slow: use it on GPU.",
     )
 
 

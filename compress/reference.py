@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,15 @@ def _type_name(annotation: Any) -> str:
     text = text or str(annotation)
     for noise in ("typing.", "annotated_types.", "pydantic.types.", "compress.config.", "<class '", "'>"):
         text = text.replace(noise, "")
+    text = re.sub(r"Annotated\[(\w+), Gt\(gt=0\)\]", r"positive \1", text)
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)
     return text.replace("|", "\\|")
 
 
 def _default(field: Any) -> str:
     if field.default_factory is not None:
-        return (
-            f"`{field.default_factory()!r}`" if field.default_factory.__name__ == "<lambda>" else "(see type)"
-        )
+        value = field.default_factory()
+        return "(its section's defaults)" if isinstance(value, BaseModel) else f"`{value!r}`"
     if field.default is PydanticUndefined:
         return "**required**"
     return f"`{field.default!r}`"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_tiny_bert
 from pydantic import ValidationError
-from train_helpers import accuracy, make_context, mean_loss, word_tokenizer
+from train_helpers import accuracy, make_context, mean_loss
 
 from compress.data.text_data import TextData
 from compress.errors import ConfigError, DataError, ModelError
@@ -32,8 +32,8 @@ from compress.train.batches import IGNORE_LABEL
 
 
 @pytest.fixture
-def four_layer_bert() -> ModelHandle:
-    return make_tiny_bert(word_tokenizer(), layers=4)
+def four_layer_bert(tiny_tokenizer) -> ModelHandle:
+    return make_tiny_bert(tiny_tokenizer, layers=4)
 
 
 # --- student construction ---------------------------------------------------------------------------
@@ -202,9 +202,7 @@ def test_teacher_logits_are_cached_and_reused(four_layer_bert, sst2_train, sst2_
         four_layer_bert, make_context(train, sst2_dev, tmp_path)
     )
     assert teacher_calls[0] == 2
-    cache = teacher_logits_path(
-        tmp_path / "teacher", four_layer_bert.model, four_layer_bert.tokenizer, train, 128
-    )
+    cache = teacher_logits_path(tmp_path / "teacher", four_layer_bert.model, four_layer_bert.tokenizer, train, 128)
     assert cache.exists()
 
 
@@ -229,17 +227,15 @@ def test_hidden_and_attention_transfer_run_the_teacher_online(
     assert result.model.config._attn_implementation == four_layer_bert.model.config._attn_implementation
 
 
-def test_distill_end_to_end_trains_a_smaller_student(sst2_train, sst2_dev, tmp_path: Path) -> None:
-    teacher_handle = make_tiny_bert(word_tokenizer(), layers=2)
+def test_distill_end_to_end_trains_a_smaller_student(tiny_bert, sst2_train, sst2_dev, tmp_path: Path) -> None:
+    teacher_handle = tiny_bert
     ctx = make_context(sst2_train, sst2_dev, tmp_path / "finetune")
     teacher = Finetune(epochs=6, learning_rate=3e-3, batch_size=16, progress=False).apply(teacher_handle, ctx)
     teacher_before = copy.deepcopy(teacher.model.state_dict())
     unlabeled = tmp_path / "extra.txt"
     unlabeled.write_text("\n".join(sst2_dev.texts[:32]) + "\n\n")
 
-    step = Distill(
-        student={"layers": [1]}, epochs=4, learning_rate=3e-3, batch_size=16, unlabeled=str(unlabeled)
-    )
+    step = Distill(student={"layers": [1]}, epochs=4, learning_rate=3e-3, batch_size=16, unlabeled=str(unlabeled))
     step.config.progress = False
     student = step.apply(teacher, make_context(sst2_train, sst2_dev, tmp_path / "distill"))
 

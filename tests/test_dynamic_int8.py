@@ -52,7 +52,11 @@ def test_every_linear_becomes_dynamic_int8_and_outputs_stay_close(tiny_bert, sst
     scale = np.abs(reference).max()
     assert np.abs(quantized - reference).max() <= 0.05 * scale
     assert np.mean(quantized.argmax(-1) == reference.argmax(-1)) >= 0.9
-    assert TorchRuntime(out).size_bytes() < 0.75 * TorchRuntime(tiny_bert).size_bytes()
+    # int8 Linear weights take a quarter of their FP32 bytes, plus a scale and zero point per output channel
+    # (large in a 32-wide model); embeddings stay FP32 and dominate this tiny model's size.
+    linear_bytes = sum(m.weight.numel() * 4 for m in tiny_bert.model.modules() if isinstance(m, torch.nn.Linear))
+    saved = TorchRuntime(tiny_bert).size_bytes() - TorchRuntime(out).size_bytes()
+    assert saved >= 0.6 * linear_bytes
 
 
 def test_skip_keeps_named_layers_in_fp32_and_is_recorded(tiny_bert, sst2_dev, tmp_path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import _read_sst2, make_tiny_bert
-from train_helpers import CPU, accuracy, make_context, mean_loss, word_tokenizer
+from conftest import _read_sst2
+from train_helpers import CPU, accuracy, make_context, mean_loss
 
 from compress.config import ModelSpec
 from compress.data.text_data import TextData
@@ -20,38 +20,33 @@ from compress.registry import STEPS
 from compress.steps.finetune import Finetune, FinetuneConfig, finetune_classifier
 
 
-@pytest.fixture
-def word_bert() -> ModelHandle:
-    return make_tiny_bert(word_tokenizer())
-
-
 def test_finetune_is_registered() -> None:
     assert STEPS.get("finetune") is Finetune
     assert Finetune.sets_reference
 
 
 def test_finetune_lowers_the_training_loss_and_returns_a_cpu_eval_model(
-    word_bert, sst2_train, sst2_dev, tmp_path: Path
+    tiny_bert, sst2_train, sst2_dev, tmp_path: Path
 ) -> None:
-    before = copy.deepcopy(word_bert.model.state_dict())
+    before = copy.deepcopy(tiny_bert.model.state_dict())
     scored: list[ModelHandle] = []
     step = Finetune(epochs=6, learning_rate=3e-3, batch_size=16, eval_every=48, progress=False)
-    result = step.apply(word_bert, make_context(sst2_train, sst2_dev, tmp_path, scored))
+    result = step.apply(tiny_bert, make_context(sst2_train, sst2_dev, tmp_path, scored))
 
-    assert result.model is not word_bert.model
-    for name, tensor in word_bert.model.state_dict().items():  # the incoming model is untouched
+    assert result.model is not tiny_bert.model
+    for name, tensor in tiny_bert.model.state_dict().items():  # the incoming model is untouched
         assert torch.equal(tensor, before[name]), name
     assert not result.model.training
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in result.model.parameters())
     assert len(scored) == 2  # 96 steps, scored every 48
-    assert mean_loss(result, sst2_train) < mean_loss(word_bert, sst2_train) - 0.1
+    assert mean_loss(result, sst2_train) < mean_loss(tiny_bert, sst2_train) - 0.1
     assert accuracy(result, sst2_train) > 0.75
 
 
-def test_finetune_classifier_reports_falling_step_losses(word_bert, sst2_train, tmp_path: Path) -> None:
+def test_finetune_classifier_reports_falling_step_losses(tiny_bert, sst2_train, tmp_path: Path) -> None:
     settings = FinetuneConfig(epochs=6, learning_rate=3e-3, batch_size=16, progress=False)
     result = finetune_classifier(
-        word_bert.model, word_bert.tokenizer, sst2_train, settings, work_dir=tmp_path, device=CPU, seed=0
+        tiny_bert.model, tiny_bert.tokenizer, sst2_train, settings, work_dir=tmp_path, device=CPU, seed=0
     )
     assert result.steps == len(result.losses) == 96
     assert np.mean(result.losses[-16:]) < np.mean(result.losses[:16]) - 0.2

@@ -138,9 +138,7 @@ def test_gradient_accumulation_and_fractional_epochs_count_optimizer_steps(
     assert _run(tiny_tokenizer, data, tmp_path / "c", max_steps=3).steps == 3
 
 
-def test_mixed_precision_bf16_trains_on_cpu_and_fp16_falls_back(
-    tiny_tokenizer, sst2_train, tmp_path: Path
-) -> None:
+def test_mixed_precision_bf16_trains_on_cpu_and_fp16_falls_back(tiny_tokenizer, sst2_train, tmp_path: Path) -> None:
     data = sst2_train.head(16)
     bf16 = _run(tiny_tokenizer, data, tmp_path / "bf16", mixed_precision="bf16")
     assert bf16.steps == 2 and all(torch.isfinite(torch.tensor(bf16.losses)))

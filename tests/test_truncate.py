@@ -47,8 +47,8 @@ def accuracy(handle: ModelHandle, data: TextData, eval_spec: EvalSpec) -> float:
 def content_sensitive_bert(tiny_tokenizer, sst2_dev) -> ModelHandle:
     """A random tiny BERT whose classifier bias is centred on the dev margins, so its predictions depend on
     the text (an uncentred random BERT predicts one class for everything, which no truncation changes).
-    Seed 2 is one where the shortest derived candidate loses accuracy, so the search has to go on."""
-    handle = make_tiny_bert(tiny_tokenizer, seed=2)
+    Seed 0 is one where the shortest derived candidate (24) loses accuracy, so the search has to go on."""
+    handle = make_tiny_bert(tiny_tokenizer, seed=0)
     encoded = tiny_tokenizer(sst2_dev.texts, padding=True, return_tensors="np")
     logits = TorchRuntime(handle).predict({k: v.astype(np.int64) for k, v in encoded.items()})
     with torch.no_grad():

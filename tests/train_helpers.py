@@ -1,15 +1,11 @@
-"""Helpers for the training tests (finetune, distill): a word-level tokenizer, a stage context, accuracy."""
+"""Helpers for the training tests (finetune, distill): a stage context, accuracy and loss of a model."""
 
 from __future__ import annotations
 
-import collections
-import functools
 from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import SST2_DIR
-from transformers import BertTokenizerFast
 
 from compress.config import EvalSpec
 from compress.data.text_data import TextData
@@ -18,19 +14,6 @@ from compress.runtime.torch import TorchRuntime
 from compress.steps.base import StageContext
 
 CPU = torch.device("cpu")
-
-
-@functools.cache
-def word_tokenizer() -> BertTokenizerFast:
-    """A WordPiece tokenizer over the 2,000 most frequent SST-2 train words.
-
-    Built from a vocabulary dict: transformers 5 ignores `vocab_file=` in BertTokenizerFast (the result holds
-    only the five special tokens), so a model could not learn anything through such a tokenizer.
-    """
-    lines = (SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:20001]
-    counts = collections.Counter(w for line in lines for w in line.rsplit("\t", 1)[0].split())
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(w for w, _ in counts.most_common(2000))]
-    return BertTokenizerFast(vocab={w: i for i, w in enumerate(dict.fromkeys(words))}, do_lower_case=True)
 
 
 def accuracy(handle: ModelHandle, data: TextData, max_length: int = 128) -> float:

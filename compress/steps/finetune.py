@@ -39,9 +39,7 @@ def finetune_classifier(
     def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return module(**forward_inputs(module, batch), labels=batch["labels"]).loss
 
-    key = hash_json(
-        ["finetune", model_fingerprint(model), tokenizer_fingerprint(tokenizer), data.fingerprint()]
-    )
+    key = hash_json(["finetune", model_fingerprint(model), tokenizer_fingerprint(tokenizer), data.fingerprint()])
     return train(
         model,
         rows,

@@ -69,9 +69,7 @@ class LengthGroupedBatches:
         for start in range(0, len(order), chunk):
             group = order[start : start + chunk]
             group = group[np.argsort(-self.lengths[group], kind="stable")]
-            batches += [
-                group[i : i + self.batch_size].tolist() for i in range(0, len(group), self.batch_size)
-            ]
+            batches += [group[i : i + self.batch_size].tolist() for i in range(0, len(group), self.batch_size)]
         batches = [batches[i] for i in rng.permutation(len(batches))]
         # The longest batch goes first, so running out of memory happens at once rather than hours in.
         longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i]].max(), default=0)
@@ -110,6 +108,4 @@ def forward_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
 
     wrapped = getattr(model, "module", model)  # DDP/FSDP keep the real model in `.module`
     accepted = inspect.signature(wrapped.forward).parameters
-    return {
-        k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch and k in accepted
-    }
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch and k in accepted}

@@ -90,9 +90,7 @@ def train(
     # A prepared scheduler advances once per process at each step, so it is sized in those units.
     scale = accelerator.num_processes
     scheduler = accelerator.prepare(
-        get_linear_schedule_with_warmup(
-            optimizer, math.ceil(settings.warmup_ratio * total) * scale, total * scale
-        )
+        get_linear_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total) * scale, total * scale)
     )
 
     if accelerator.is_main_process:
@@ -118,9 +116,7 @@ def train(
     while state.step < total:
         batches.set_epoch(state.epoch)
         epoch_loader = (
-            accelerator.skip_first_batches(loader, state.batches_in_epoch)
-            if state.batches_in_epoch
-            else loader
+            accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
         )
         module.train()
         finished_epoch = True
@@ -160,9 +156,7 @@ def train(
     return TrainResult(trained, state.step, resumed_from, list(state.losses), list(state.evaluations))
 
 
-def _evaluate(
-    accelerator: Accelerator, module: torch.nn.Module, evaluate: Evaluate, state: TrainerState
-) -> None:
+def _evaluate(accelerator: Accelerator, module: torch.nn.Module, evaluate: Evaluate, state: TrainerState) -> None:
     if accelerator.is_main_process:
         metrics = {"step": float(state.step), **evaluate(accelerator.unwrap_model(module))}
         state.evaluations.append(metrics)

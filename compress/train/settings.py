@@ -30,15 +30,9 @@ class TrainSettings(Schema):
         le=1,
         description="Fraction of the steps over which the learning rate rises linearly from 0.",
     )
-    weight_decay: float = Field(
-        0.01, ge=0, description="AdamW weight decay (not applied to biases and norms)."
-    )
-    max_grad_norm: float | None = Field(
-        1.0, gt=0, description="Clip the gradient norm to this; None: no clip."
-    )
-    seed: int | None = Field(
-        None, description="Seed for initialisation, shuffling and dropout; default: the run's."
-    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; None: no clip.")
+    seed: int | None = Field(None, description="Seed for initialisation, shuffling and dropout; default: the run's.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no",
         description="Autocast precision: bf16 on CUDA or recent CPUs; fp16 needs CUDA (falls back to no).",

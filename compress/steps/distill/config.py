@@ -25,15 +25,11 @@ class SmallerStudent(Schema):
     num_layers: PositiveInt | None = Field(None, description="Encoder layers; default: the teacher's.")
     hidden_size: PositiveInt | None = Field(None, description="Width; default: the teacher's.")
     num_heads: PositiveInt | None = Field(None, description="Attention heads; must divide hidden_size.")
-    intermediate_size: PositiveInt | None = Field(
-        None, description="Feed-forward width; default: the teacher's."
-    )
+    intermediate_size: PositiveInt | None = Field(None, description="Feed-forward width; default: the teacher's.")
 
     @model_validator(mode="after")
     def _something_smaller(self) -> SmallerStudent:
-        if all(
-            v is None for v in (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size)
-        ):
+        if all(v is None for v in (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size)):
             raise ValueError("give at least one of num_layers, hidden_size, num_heads, intermediate_size")
         return self
 
@@ -70,9 +66,7 @@ class DistillConfig(StepConfig, TrainSettings):
         None,
         description="Extra text (.txt one per line, .jsonl/.json/.csv/.tsv) learned from teacher logits.",
     )
-    unlabeled_column: str = Field(
-        "text", description="Text field of a .jsonl/.json/.csv/.tsv unlabeled file."
-    )
+    unlabeled_column: str = Field("text", description="Text field of a .jsonl/.json/.csv/.tsv unlabeled file.")
     unlabeled_limit: PositiveInt | None = Field(None, description="Use at most this many unlabeled texts.")
     teacher_batch_size: PositiveInt = Field(64, description="Batch size for computing the teacher's logits.")
     learning_rate: PositiveFloat = Field(1e-4, description="Peak AdamW learning rate.")
@@ -80,7 +74,5 @@ class DistillConfig(StepConfig, TrainSettings):
     @model_validator(mode="after")
     def _some_loss(self) -> DistillConfig:
         if self.alpha_kd + self.alpha_ce + self.alpha_hidden + self.alpha_attn == 0:
-            raise ValueError(
-                "all loss weights are zero: set alpha_kd (and/or alpha_ce, alpha_hidden, alpha_attn)"
-            )
+            raise ValueError("all loss weights are zero: set alpha_kd (and/or alpha_ce, alpha_hidden, alpha_attn)")
         return self

@@ -17,9 +17,7 @@ from compress.train.batches import IGNORE_LABEL
 AttentionLoss = Literal["mse", "kl"]
 
 
-def soft_target_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher ‖ student) between temperature-softened distributions, averaged over rows.
 
     Multiplied by T², so the gradient scale stays the same whatever the temperature (Hinton et al., 2015).

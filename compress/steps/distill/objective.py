@@ -58,9 +58,7 @@ class DistillationObjective(torch.nn.Module):
         needs_projection = weights.hidden > 0 and student_width != teacher_width
         self.projection = torch.nn.Linear(student_width, teacher_width) if needs_projection else None
 
-    def forward(
-        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, teacher: TeacherOutputs
-    ) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, teacher: TeacherOutputs) -> torch.Tensor:
         w = self.weights
         out = self.student(
             **inputs, output_hidden_states=w.hidden > 0, output_attentions=w.attention > 0, return_dict=True

@@ -136,9 +136,7 @@ class Distill(Step):
                 where="steps.distill.unlabeled",
                 fix="remove `unlabeled`, or distill on the train split alone",
             )
-        extra = read_unlabeled(
-            self.config.unlabeled, self.config.unlabeled_column, self.config.unlabeled_limit
-        )
+        extra = read_unlabeled(self.config.unlabeled, self.config.unlabeled_column, self.config.unlabeled_limit)
         return TextData(
             texts=data.texts + extra,
             labels=[*(data.labels or []), *([IGNORE_LABEL] * len(extra))],
@@ -177,9 +175,7 @@ def build_student(
             teacher, spec.num_layers, spec.hidden_size, spec.num_heads, spec.intermediate_size, seed=seed
         )
         return student, teacher_handle.tokenizer
-    loaded = load_model(
-        ModelSpec(spec.source, num_labels=teacher.config.num_labels), teacher_handle.label_names
-    )
+    loaded = load_model(ModelSpec(spec.source, num_labels=teacher.config.num_labels), teacher_handle.label_names)
     encoder_layers(loaded.model)  # layer-wise losses need to know its layers
     return loaded.model.float(), loaded.tokenizer
 

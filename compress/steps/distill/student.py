@@ -99,9 +99,7 @@ def smaller_student(
     return student.to(next(teacher.parameters()).dtype)
 
 
-def _copy_matching(
-    source: torch.nn.Module, target: torch.nn.Module, prefix: str, skip: str | None = None
-) -> None:
+def _copy_matching(source: torch.nn.Module, target: torch.nn.Module, prefix: str, skip: str | None = None) -> None:
     """Copy tensors under `prefix` into the target, truncating each dimension where the target is smaller."""
     target_state = target.state_dict()
     with torch.no_grad():
@@ -109,7 +107,5 @@ def _copy_matching(
             if not name.startswith(prefix) or (skip and name.startswith(skip)) or name not in target_state:
                 continue
             wanted = target_state[name]
-            if wanted.ndim == tensor.ndim and all(
-                w <= s for w, s in zip(wanted.shape, tensor.shape, strict=True)
-            ):
+            if wanted.ndim == tensor.ndim and all(w <= s for w, s in zip(wanted.shape, tensor.shape, strict=True)):
                 wanted.copy_(tensor[tuple(slice(0, w) for w in wanted.shape)])

@@ -27,9 +27,7 @@ def teacher_logits_path(
     max_length: int,
 ) -> Path:
     """The cache file's name is a hash of everything the logits depend on: weights, tokenizer, rows."""
-    key = hash_json(
-        [model_fingerprint(teacher), tokenizer_fingerprint(tokenizer), data.fingerprint(), max_length]
-    )
+    key = hash_json([model_fingerprint(teacher), tokenizer_fingerprint(tokenizer), data.fingerprint(), max_length])
     return cache_dir / f"teacher-logits-{key[:24]}.safetensors"
 
 

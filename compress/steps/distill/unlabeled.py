@@ -44,13 +44,9 @@ def _json_records(path: Path) -> list[object]:
             return [json.loads(line) for line in lines if line.strip()]
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(
-            f"'{path}' is not valid JSON: {exc}", where=WHERE, fix="fix or replace the file"
-        ) from exc
+        raise DataError(f"'{path}' is not valid JSON: {exc}", where=WHERE, fix="fix or replace the file") from exc
     if not isinstance(records, list):
-        raise DataError(
-            f"'{path}' must hold a list of records", where=WHERE, fix="write a JSON list or .jsonl"
-        )
+        raise DataError(f"'{path}' must hold a list of records", where=WHERE, fix="write a JSON list or .jsonl")
     return records
 
 

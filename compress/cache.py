@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ class StageStore:
         path = self.root / ".work" / key[:16]
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def discard_work(self, key: str) -> None:
+        """A finished stage needs no checkpoints: they can be hundreds of MB."""
+        shutil.rmtree(self.root / ".work" / key[:16], ignore_errors=True)
 
     @staticmethod
     def load_result(stage_dir: Path) -> StageResult | None:

@@ -305,6 +305,7 @@ class Runner:
         )
         result = self._evaluate(result, self._runtime(new_handle), stage_dir, source_outputs)
         self.store.save_result(stage_dir, result)
+        self.store.discard_work(key)
         return result, new_handle
 
     def _run_export(

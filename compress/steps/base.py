@@ -70,4 +70,6 @@ class Step(ABC):
         return {}
 
     def cache_key(self) -> dict[str, Any]:
-        return {"step": self.name, "config": self.config.model_dump(mode="json", exclude={"label"})}
+        # Settings that cannot change the result stay out of the key, so toggling them reuses the cache.
+        unchanged_result = {"label", "progress", "checkpoint_every", "keep_checkpoints", "eval_every"}
+        return {"step": self.name, "config": self.config.model_dump(mode="json", exclude=unchanged_result)}

@@ -96,7 +96,7 @@ class Finetune(Step):
             copy.deepcopy(model.model).float(),
             model.tokenizer,
             data,
-            self.config,
+            self.config.model_copy(update={"progress": self.config.progress and self.progress}),
             work_dir=ctx.work_dir,
             device=ctx.device,
             seed=self.config.seed if self.config.seed is not None else ctx.seed,

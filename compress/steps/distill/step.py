@@ -35,7 +35,7 @@ class Distill(Step):
     config: DistillConfig
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
-        cfg = self.config
+        cfg = self.config.model_copy(update={"progress": self.config.progress and self.progress})
         seed = cfg.seed if cfg.seed is not None else ctx.seed
         teacher_handle = self._teacher(model)
         # The incoming model is copied: the runner may still evaluate or save it.
@@ -159,7 +159,7 @@ class Distill(Step):
                 batch_size=self.config.teacher_batch_size,
                 device=device,
                 cache_dir=ctx.work_dir / "teacher",
-                progress=self.config.progress and state.is_local_main_process,
+                progress=self.config.progress and self.progress and state.is_local_main_process,
             )
         teacher.cpu()  # not needed on the accelerator any more
         return logits

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from compress.config import DataSpec
+from compress.distributed import is_main_process
 from compress.io import atomic_write_bytes, atomic_write_text
 from compress.result import StageResult
 
@@ -75,12 +76,16 @@ class StageStore:
 
     @staticmethod
     def save_result(stage_dir: Path, result: StageResult) -> None:
+        if not is_main_process():
+            return
         atomic_write_text(stage_dir / RESULT_FILE, result.model_dump_json(indent=2))
 
     @staticmethod
     def save_outputs(stage_dir: Path, outputs: np.ndarray) -> None:
         import io
 
+        if not is_main_process():
+            return
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(outputs, dtype=np.float32), allow_pickle=False)
         atomic_write_bytes(stage_dir / OUTPUTS_FILE, buffer.getvalue())

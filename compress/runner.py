@@ -21,6 +21,7 @@ import torch
 
 from compress.cache import StageStore, data_identity, stable_hash
 from compress.data.provider import DataProvider
+from compress.distributed import barrier, from_main, is_main_process, local_device
 from compress.environment import environment
 from compress.errors import CompressError, ConfigError, NotEvaluable
 from compress.gates import check_gate
@@ -59,9 +60,7 @@ class RunResult:
 
 
 class Runner:
-    def __init__(
-        self, recipe: Recipe, output_dir: Path, *, resume: bool = True, progress: bool = True
-    ) -> None:
+    def __init__(self, recipe: Recipe, output_dir: Path, *, resume: bool = True, progress: bool = True) -> None:
         self.recipe = recipe
         self.output_dir = output_dir
         self.resume = resume
@@ -75,7 +74,7 @@ class Runner:
                 where="evaluate.device",
                 fix="use device: auto or cpu",
             )
-        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.device = local_device(torch.device("cuda" if want_cuda else "cpu"))
         self.data = DataProvider(recipe.data, recipe.model.task, recipe.base_dir, recipe.seed)
         self.stages: list[StageResult] = []
         # stage name → (its folder, its model or a loader for it, its content key)
@@ -108,6 +107,8 @@ class Runner:
     ) -> StageResult:
         from compress.evaluate.evaluator import evaluate
 
+        if not is_main_process():  # the other processes only help train
+            return result
         evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
         result = result.apply_evaluation(evaluation)
         if source_outputs is not None and source_outputs.shape == outputs.shape:
@@ -130,7 +131,8 @@ class Runner:
             stopped=stopped,
             total_duration_s=time.perf_counter() - self.started,
         )
-        write_reports(report, self.output_dir)
+        if is_main_process():
+            write_reports(report, self.output_dir)
         return report
 
     def _cached(self, stage_dir: Path, artifact: str) -> StageResult | None:
@@ -168,6 +170,7 @@ class Runner:
         previous_name = "baseline"
 
         for index, step in enumerate(recipe.steps, start=1):
+            barrier()  # every process sees the same finished stages
             key = stable_hash(key, step.cache_key())
             stage_dir = self.store.stage_dir(index, step.label, key)
             result = self._cached(stage_dir, "model")
@@ -189,12 +192,13 @@ class Runner:
             previous_name = result.name
             if step.sets_reference:
                 reference = result
+                for earlier in self.stages:  # deltas and speedups are read against the new reference
+                    earlier.metric_delta = _delta(earlier, reference)
             result.metric_delta = _delta(result, reference)
             failure = check_gate(
                 result, previous, step.config.max_accuracy_drop, f"step '{step.label}' limit"
-            ) or check_gate(
-                result, reference, recipe.gates.max_accuracy_drop, "recipe limit (gates.max_accuracy_drop)"
-            )
+            ) or check_gate(result, reference, recipe.gates.max_accuracy_drop, "recipe limit (gates.max_accuracy_drop)")
+            failure = from_main(failure)  # only the main process has the metrics
             if failure:
                 result.status, result.message = "gate_failed", failure
                 self.store.save_result(stage_dir, result)
@@ -202,7 +206,7 @@ class Runner:
                 break
             self._write_report()
 
-        if stopped is None:
+        if stopped is None and is_main_process():
             for offset, exporter in enumerate(recipe.exports, start=len(recipe.steps) + 1):
                 source_name = exporter.config.source or previous_name
                 if source_name not in self.models:
@@ -276,9 +280,7 @@ class Runner:
         handle = load_model(self.recipe.model, label_names=labels)
         if handle.max_length is None:
             context = getattr(handle.model.config, "max_position_embeddings", None)
-            handle.max_length = min(
-                self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length
-            )
+            handle.max_length = min(self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length)
         return handle
 
     def _run_step(
@@ -291,8 +293,10 @@ class Runner:
         step.progress = self.progress
         new_handle = step.apply(handle, self._context(key))
         duration = time.perf_counter() - started
-        with atomic_directory(stage_dir / "model") as tmp:
-            save_handle(new_handle, tmp)
+        if is_main_process():
+            with atomic_directory(stage_dir / "model") as tmp:
+                save_handle(new_handle, tmp)
+        barrier()
         result = StageResult(
             name=step.label,
             kind="step",

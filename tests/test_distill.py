@@ -269,3 +269,16 @@ def test_distill_refuses_a_quantized_teacher(tiny_bert, sst2_dev, tmp_path: Path
     quantized = tiny_bert.replace(transforms=[{"name": "dynamic_int8"}])
     with pytest.raises(ConfigError, match="float teacher"):
         Distill().apply(quantized, make_context(TextData(["a"], labels=[0]), sst2_dev, tmp_path))
+
+
+@pytest.mark.gpu
+def test_distill_runs_on_cuda_with_bf16(tiny_bert, sst2_train, sst2_dev, tmp_path: Path) -> None:
+    ctx = make_context(sst2_train, sst2_dev, tmp_path)
+    ctx.device = torch.device("cuda")
+    step = Distill(student={"layers": [1]}, epochs=2, batch_size=32, mixed_precision="bf16", learning_rate=3e-3)
+    step.progress = False
+    student = step.apply(tiny_bert, ctx)
+    assert student.model.config.num_hidden_layers == 1
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in student.model.parameters())
+    untrained = tiny_bert.replace(model=select_layers(tiny_bert.model, [1]))
+    assert mean_loss(student, sst2_train) < mean_loss(untrained, sst2_train)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import torch
 
 import compress as cx
 from compress.errors import CompressError
 from compress.export.base import Exporter
 from compress.models.handle import ModelHandle
 from compress.registry import STEPS
+from compress.runtime.torch import TorchRuntime
 from compress.steps.base import StageContext, Step, StepConfig
 
 
@@ -36,7 +39,7 @@ def data_file(tmp_path) -> Path:
 def make_recipe(model_dir: Path, data_file: Path, steps, **kwargs) -> cx.Recipe:
     return cx.Recipe(
         model=cx.ModelSpec(str(model_dir)),
-        data=cx.DataSpec(path=str(data_file), text="sentence"),
+        data=cx.DataSpec(path=str(data_file), text="sentence", label_names=["0", "1"]),
         steps=steps,
         evaluate=cx.EvalSpec(batch_sizes=[1, 8], warmup_batches=1, threads=1),
         **kwargs,
@@ -62,20 +65,43 @@ def test_every_stage_is_evaluated_and_reported(model_dir, data_file, tmp_path):
     assert "truncate" in result.table()
 
 
-def test_step_gate_stops_the_recipe(model_dir, data_file, tmp_path):
-    # Truncating to 2 tokens leaves [CLS][SEP]: every sentence gets one prediction, so accuracy moves.
+class FlipClassifier(Step):
+    """Negates the classifier head: every binary prediction flips (a real, maximal accuracy loss)."""
+
+    name: ClassVar[str] = "flip_classifier"
+
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        flipped = copy.deepcopy(model.model)
+        with torch.no_grad():
+            flipped.classifier.weight.neg_()
+            flipped.classifier.bias.neg_()
+        return model.replace(model=flipped)
+
+
+@pytest.fixture
+def self_labelled_data(tiny_bert, data_file, tmp_path) -> Path:
+    """The dev rows labelled with the tiny model's own predictions, so the baseline scores 100 %."""
+    rows = data_file.read_text().splitlines()[1:]
+    texts = [r.rsplit("\t", 1)[0] for r in rows]
+    batch = dict(tiny_bert.tokenizer(texts, padding=True, return_tensors="np"))
+    predictions = TorchRuntime(tiny_bert).predict(batch).argmax(-1)
+    path = tmp_path / "self-labelled.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{p}\n" for t, p in zip(texts, predictions, strict=True)))
+    return path
+
+
+def test_step_gate_stops_the_recipe(model_dir, self_labelled_data, tmp_path):
     recipe = make_recipe(
-        model_dir, data_file, [cx.steps.Truncate(max_length=2, max_accuracy_drop=0.0), cx.steps.DynamicInt8()]
+        model_dir, self_labelled_data, [FlipClassifier(StepConfig(max_accuracy_drop=0.1)), cx.steps.DynamicInt8()]
     )
-    baseline = recipe.run(tmp_path / "probe", progress=False)["baseline"].metrics["accuracy"]
     result = recipe.run(tmp_path / "run", progress=False)
-    truncated = result["truncate"]
-    if truncated.metrics["accuracy"] >= baseline:
-        pytest.skip("this random model happens not to lose accuracy at length 2")
-    assert truncated.status == "gate_failed"
-    assert "gate failed" in truncated.message and "truncate" in truncated.message
-    assert [s.name for s in result.stages] == ["baseline", "truncate"]  # dynamic_int8 never ran
-    assert result.report.stopped == truncated.message
+    assert result["baseline"].metrics["accuracy"] == 1.0
+    flipped = result["flip_classifier"]
+    assert flipped.metrics["accuracy"] == 0.0
+    assert flipped.status == "gate_failed"
+    assert "gate failed" in flipped.message and "flip_classifier" in flipped.message
+    assert [s.name for s in result.stages] == ["baseline", "flip_classifier"]  # dynamic_int8 never ran
+    assert result.report.stopped == flipped.message
     assert "gate failed" in (tmp_path / "run" / "report.md").read_text()
 
 
@@ -114,9 +140,7 @@ def test_resume_after_interruption_reuses_finished_stages(model_dir, data_file, 
     assert (truncate_dir / "result.json").stat().st_mtime_ns == stamp
     assert result["explodes_once"].status == "ok"
     # Changing a step re-runs it and what follows, not what precedes it.
-    changed = make_recipe(
-        model_dir, data_file, [cx.steps.Truncate(max_length=12), ExplodesOnce(StepConfig())]
-    )
+    changed = make_recipe(model_dir, data_file, [cx.steps.Truncate(max_length=12), ExplodesOnce(StepConfig())])
     again = changed.run(tmp_path / "run", progress=False)
     assert [s.cached for s in again.stages] == [True, False, False]
 

@@ -20,17 +20,35 @@ class LayerStudent(Schema):
 
 
 class SmallerStudent(Schema):
-    """The teacher's architecture with smaller dimensions, random init (embeddings from the teacher)."""
+    """The teacher's architecture with smaller dimensions, sliced from the teacher's weights or random."""
 
-    num_layers: PositiveInt | None = Field(None, description="Encoder layers; default: the teacher's.")
+    num_layers: PositiveInt | None = Field(
+        None, description="Encoder layers; default: the teacher's (or the number of `layers` given)."
+    )
     hidden_size: PositiveInt | None = Field(None, description="Width; default: the teacher's.")
     num_heads: PositiveInt | None = Field(None, description="Attention heads; must divide hidden_size.")
     intermediate_size: PositiveInt | None = Field(None, description="Feed-forward width; default: the teacher's.")
+    init: Literal["slice", "random"] = Field(
+        "slice",
+        description="`slice`: every weight starts as a slice of the teacher's (its most important channels, "
+        "heads and neurons, Minitron-style); `random`: random weights, embeddings from the teacher.",
+    )
+    layers: list[int] | None = Field(
+        None,
+        description="With `init: slice`, the teacher layers to keep (0-based); default: num_layers evenly "
+        "spaced ending with the last (2 of 6: [2, 5]).",
+    )
 
     @model_validator(mode="after")
     def _something_smaller(self) -> SmallerStudent:
-        if all(v is None for v in (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size)):
+        dims = (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size)
+        if all(v is None for v in dims):
+            # `{layers: [...]}` alone is a LayerStudent (whole layers copied), so it must not match here.
             raise ValueError("give at least one of num_layers, hidden_size, num_heads, intermediate_size")
+        if self.layers is not None and self.init != "slice":
+            raise ValueError("`layers` only applies with `init: slice`")
+        if self.layers is not None and self.num_layers is not None and len(self.layers) != self.num_layers:
+            raise ValueError(f"num_layers {self.num_layers} but {len(self.layers)} layers given")
         return self
 
 

@@ -172,7 +172,14 @@ def build_student(
         return select_layers(teacher, spec.layers), teacher_handle.tokenizer
     if isinstance(spec, SmallerStudent):
         student = smaller_student(
-            teacher, spec.num_layers, spec.hidden_size, spec.num_heads, spec.intermediate_size, seed=seed
+            teacher,
+            spec.num_layers,
+            spec.hidden_size,
+            spec.num_heads,
+            spec.intermediate_size,
+            seed=seed,
+            init=spec.init,
+            layers=spec.layers,
         )
         return student, teacher_handle.tokenizer
     loaded = load_model(ModelSpec(spec.source, num_labels=teacher.config.num_labels), teacher_handle.label_names)

@@ -10,9 +10,15 @@ import copy
 from typing import Literal
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from compress.errors import ConfigError, ModelError
+from compress.steps.distill.width_slice import (
+    check_sliceable,
+    default_layers,
+    plan_slices,
+    sliced_state_dict,
+)
 
 LayerChoice = list[int] | Literal["every_other"]
 
@@ -68,13 +74,59 @@ def smaller_student(
     num_heads: int | None = None,
     intermediate_size: int | None = None,
     seed: int = 0,
+    init: Literal["slice", "random"] = "random",
+    layers: list[int] | None = None,
 ) -> PreTrainedModel:
-    """A randomly initialised model of the teacher's architecture with the given dimensions.
+    """A model of the teacher's architecture with the given dimensions.
 
-    Embeddings, which need the most data to learn, start from the teacher's: copied when the width matches,
-    truncated to the first `hidden_size` features otherwise. Same width: pooler and head are copied too.
+    `init="slice"`: every weight is sliced from the teacher (its `layers`, default evenly spaced ending with
+    the last, and its most important channels, heads and neurons; see width_slice.py).
+    `init="random"`: random weights, except the embeddings, which need the most data to learn: copied when
+    the width matches, truncated to the first `hidden_size` features otherwise. Same width: pooler and
+    head are copied too.
     """
-    encoder_layers(teacher)  # fail early on architectures distill does not know
+    teacher_layers = len(encoder_layers(teacher))  # fail early on architectures distill does not know
+    if init == "slice":
+        check_sliceable(teacher)
+        if layers is not None:
+            layers = resolve_layers(layers, teacher_layers)
+            if num_layers is not None and num_layers != len(layers):
+                raise ConfigError(
+                    f"num_layers {num_layers} but {len(layers)} layers {layers} chosen",
+                    where="steps.distill.student.layers",
+                    fix="give as many layers as num_layers, or leave num_layers out",
+                )
+            num_layers = len(layers)
+        num_layers = num_layers or teacher_layers
+        if num_layers > teacher_layers:
+            raise ConfigError(
+                f"num_layers {num_layers} is more than the teacher's {teacher_layers}; slicing can only shrink",
+                where="steps.distill.student.num_layers",
+                fix=f"choose num_layers ≤ {teacher_layers}, or use `init: random`",
+            )
+        layers = layers or default_layers(num_layers, teacher_layers)
+    config = _student_config(teacher, num_layers, hidden_size, num_heads, intermediate_size)
+    torch.manual_seed(seed)
+    student = AutoModelForSequenceClassification.from_config(config)
+    if init == "slice":
+        source = copy.deepcopy(teacher).cpu()  # the teacher may sit on a GPU; the student is built on the CPU
+        plan = plan_slices(source, layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+        student.load_state_dict(sliced_state_dict(source, student, plan), strict=True)
+    else:
+        _copy_matching(teacher, student, prefix=f"{teacher.base_model_prefix}.embeddings.")
+        if config.hidden_size == teacher.config.hidden_size:
+            _copy_matching(teacher, student, prefix="", skip=f"{teacher.base_model_prefix}.encoder.")
+    return student.to(next(teacher.parameters()).dtype)
+
+
+def _student_config(
+    teacher: PreTrainedModel,
+    num_layers: int | None,
+    hidden_size: int | None,
+    num_heads: int | None,
+    intermediate_size: int | None,
+) -> PretrainedConfig:
+    """The teacher's configuration with the given dimensions (None keeps the teacher's)."""
     config = copy.deepcopy(teacher.config)
     changes = {
         "num_hidden_layers": num_layers,
@@ -91,12 +143,7 @@ def smaller_student(
             where="steps.distill.student",
             fix="choose num_heads dividing hidden_size (e.g. 4 heads of 64 for 256)",
         )
-    torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(config)
-    _copy_matching(teacher, student, prefix=f"{teacher.base_model_prefix}.embeddings.")
-    if config.hidden_size == teacher.config.hidden_size:
-        _copy_matching(teacher, student, prefix="", skip=f"{teacher.base_model_prefix}.encoder.")
-    return student.to(next(teacher.parameters()).dtype)
+    return config
 
 
 def _copy_matching(source: torch.nn.Module, target: torch.nn.Module, prefix: str, skip: str | None = None) -> None:

@@ -23,16 +23,29 @@ def install(session: nox.Session, extras: str) -> None:
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     install(session, "onnx,openvino,coreml,test")
-    session.run("pytest", "-q", "-ra", "--durations=15", *session.posargs,
-                env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    session.run(
+        "pytest",
+        "-q",
+        "-ra",
+        "--durations=15",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
     install(session, "onnx,openvino")
-    recipe = session.posargs[0] if session.posargs else "recipes/sst2-minilm-int8.yaml"
-    session.run("compress", "run", recipe, "--output", "runs/demo", *session.posargs[1:],
-                env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    recipe = session.posargs[0] if session.posargs else "recipes/distill-bert-then-int8.yaml"
+    session.run(
+        "compress",
+        "run",
+        recipe,
+        "--output",
+        "runs/demo",
+        *session.posargs[1:],
+        env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 @nox.session(python="3.11")

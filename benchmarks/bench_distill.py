@@ -23,8 +23,11 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
     by_name = {s.name: s for s in stages}
     teacher, final = by_name["teacher"], by_name.get(FINAL)
     if final is None or final.status != "ok":
-        return {"teacher_accuracy": teacher.metrics.get("accuracy"), "final": "did not run",
-                "stopped_or_failed": final.message if final else "recipe stopped before the exports"}
+        return {
+            "teacher_accuracy": teacher.metrics.get("accuracy"),
+            "final": "did not run",
+            "stopped_or_failed": final.message if final else "recipe stopped before the exports",
+        }
     ratio = final.metrics["accuracy"] / teacher.metrics["accuracy"]
     speed32 = throughput(final, 32) / throughput(teacher, 32)
     speed1 = throughput(final, 1) / throughput(teacher, 1)
@@ -66,9 +69,14 @@ def main() -> None:
     if args.model:
         overrides["model.source"] = args.model
     name = "distill-bert-then-int8" + ("-gpu" if args.gpu else "")
-    record = run_benchmark(name, REPO / "recipes" / "distill-bert-then-int8.yaml",
-                           args.output or Path(f"runs/bench-{name}"), summarize, overrides,
-                           title=f"distill-BERT-then-INT8 ({'GPU' if args.gpu else 'CPU'})")
+    record = run_benchmark(
+        name,
+        REPO / "recipes" / "distill-bert-then-int8.yaml",
+        args.output or Path(f"runs/bench-{name}"),
+        summarize,
+        overrides,
+        title=f"distill-BERT-then-INT8 ({'GPU' if args.gpu else 'CPU'})",
+    )
     print(record["summary"])
 
 

@@ -29,9 +29,7 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
         summary |= {
             "best_int8_runtime": best.name,
             "best_int8_speedup_vs_torch_fp32": round(throughput(best, 32) / base, 3),
-            "accuracy_drop_points": round(
-                100 * (torch_fp32.metrics["accuracy"] - best.metrics["accuracy"]), 2
-            ),
+            "accuracy_drop_points": round(100 * (torch_fp32.metrics["accuracy"] - best.metrics["accuracy"]), 2),
             "target_2x_at_le_1_point": throughput(best, 32) / base >= 2.0
             and 100 * (torch_fp32.metrics["accuracy"] - best.metrics["accuracy"]) <= 1.0,
         }
@@ -46,6 +44,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="evaluate PyTorch stages on CUDA")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--model", default=None, help="override model.source (e.g. a local copy)")
     args = parser.parse_args()
     name = "exports-gpu" if args.gpu else "exports-cpu"
     overrides: dict[str, Any] = {"evaluate.device": "cuda"} if args.gpu else {}
@@ -53,6 +52,8 @@ def main() -> None:
         overrides["evaluate.threads"] = None
     if args.train_limit:
         overrides["data.train_limit"] = args.train_limit
+    if args.model:
+        overrides["model.source"] = args.model
     record = run_benchmark(
         name,
         ROOT / "recipes" / "exports-cpu.yaml",

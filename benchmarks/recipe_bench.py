@@ -89,9 +89,7 @@ def run_benchmark(
     record = {
         "name": name,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "recipe": str(recipe_path.relative_to(REPO))
-        if recipe_path.is_relative_to(REPO)
-        else str(recipe_path),
+        "recipe": str(recipe_path.relative_to(REPO)) if recipe_path.is_relative_to(REPO) else str(recipe_path),
         "overrides": overrides or {},
         "hardware": {k: environment()[k] for k in ("cpu", "cpu_flags", "cpu_count", "cuda", "platform")},
         "versions": {

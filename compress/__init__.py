@@ -1,9 +1,9 @@
 """compress: compose compression steps into recipes, evaluate every stage on your data, export anywhere.
 
-    import compress as cx
-    recipe = cx.Recipe(model=cx.ModelSpec("path/or/hub-name"), data=cx.DataSpec(path="dev.tsv", text="sentence"),
-                       steps=[cx.steps.Truncate(max_length="auto"), cx.steps.DynamicInt8()])
-    print(recipe.run("runs/x").table())
+import compress as cx
+recipe = cx.Recipe(model=cx.ModelSpec("path/or/hub-name"), data=cx.DataSpec(path="dev.tsv", text="sentence"),
+                   steps=[cx.steps.Truncate(max_length="auto"), cx.steps.DynamicInt8()])
+print(recipe.run("runs/x").table())
 """
 
 from __future__ import annotations
@@ -21,12 +21,23 @@ _EXPORTS = {
     "GateSpec": "compress.config",
     "CompressError": "compress.errors",
     "RunResult": "compress.runner",
-    "load_report": "compress.report.json",
+    "read_report": "compress.report.json",
     "steps": "compress.steps",
     "exporters": "compress.export",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CompressError",
+    "DataSpec",
+    "EvalSpec",
+    "GateSpec",
+    "ModelSpec",
+    "Recipe",
+    "RunResult",
+    "exporters",
+    "read_report",
+    "steps",
+]
 
 if TYPE_CHECKING:
     from compress import export as exporters

@@ -31,16 +31,17 @@ def _parse_sets(values: list[str] | None) -> dict[str, object]:
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: stages, cache and reports.")],
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a field: --set data.limit=200")
-    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set data.limit=200")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached stages and recompute all.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a recipe: baseline, every step and export, each evaluated; writes report.json/.md/.html."""
+    from compress.distributed import is_main_process
     from compress.recipe import Recipe
 
     result = Recipe.from_yaml(recipe, _parse_sets(set_)).run(output, resume=not fresh, progress=not quiet)
+    if not is_main_process():  # under `accelerate launch` the main process reports
+        return
     print(result.table())
     console.print(f"reports: {output / 'report.md'}  {output / 'report.html'}")
     if result.report.stopped:
@@ -60,9 +61,7 @@ def eval_(
     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
     metric: Annotated[str, typer.Option(help="Primary metric.")] = "accuracy",
     batch_size: Annotated[list[int] | None, typer.Option("--batch-size", help="Repeatable.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path(
-        "runs/eval"
-    ),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path("runs/eval"),
 ) -> None:
     """Evaluate one model on a dataset (a recipe with no steps)."""
     from compress.recipe import Recipe

@@ -31,9 +31,7 @@ class RecipeFile(Schema):
     model: ModelSpec = Field(description="The model to compress.")
     data: DataSpec = Field(description="The dataset every stage is evaluated on (and steps train on).")
     evaluate: EvalSpec = Field(default_factory=EvalSpec, description="Metrics, batch sizes, threads, device.")
-    steps: list[Any] = Field(
-        default_factory=list, description="Steps in order: `- name: {config}` or a bare `- name`."
-    )
+    steps: list[Any] = Field(default_factory=list, description="Steps in order: `- name: {config}` or a bare `- name`.")
     exports: list[Any] = Field(
         default_factory=list, description="Exports of the final model: `- name: {config}` or a bare `- name`."
     )
@@ -69,9 +67,7 @@ class Recipe:
         self.base_dir = base_dir or Path.cwd()
         for i, step in enumerate(self.steps):
             if not isinstance(step, Step):
-                raise ConfigError(
-                    f"steps[{i}] is a {type(step).__name__}, not a Step", fix="use cx.steps.<Name>(...)"
-                )
+                raise ConfigError(f"steps[{i}] is a {type(step).__name__}, not a Step", fix="use cx.steps.<Name>(...)")
         for i, exporter in enumerate(self.exports):
             if not isinstance(exporter, Exporter):
                 raise ConfigError(f"exports[{i}] is a {type(exporter).__name__}, not an Exporter")
@@ -137,9 +133,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge_task(raw: dict[str, Any], base_dir: Path, source: str | Path | None) -> dict[str, Any]:
     task_path = (base_dir / raw["task"]).resolve()
     if not task_path.exists():
-        raise ConfigError(
-            f"task file '{raw['task']}' not found (looked in {task_path})", where=f"{source}: task"
-        )
+        raise ConfigError(f"task file '{raw['task']}' not found (looked in {task_path})", where=f"{source}: task")
     task = _read_yaml(task_path)
     merged = dict(raw)
     for section in ("data", "evaluate"):
@@ -181,9 +175,7 @@ def _build(entry: Any, index: int, section: str, registry: Any, source: str | Pa
         )
     cls = registry.get(name, where=f"{source}: {where_prefix}" if source else where_prefix)
     if not isinstance(config, dict):
-        raise ConfigError(
-            f"the config of '{name}' must be a mapping (got {config!r})", where=f"{where_prefix}.{name}"
-        )
+        raise ConfigError(f"the config of '{name}' must be a mapping (got {config!r})", where=f"{where_prefix}.{name}")
     try:
         return cls(cls.Config.model_validate(config))
     except ValidationError as exc:

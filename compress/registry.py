@@ -64,7 +64,7 @@ class Registry(Generic[T]):
 
     def by_class_name(self, class_name: str) -> T | None:
         """Find a registered class by its Python name without importing the other plugins."""
-        for name, obj in self._items.items():
+        for obj in self._items.values():
             if getattr(obj, "__name__", None) == class_name:
                 return obj
         for name, entry_point in self._available().items():

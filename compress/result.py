@@ -55,23 +55,17 @@ class StageResult(BaseModel):
     size_mb: float | None = None
     num_parameters: int | None = None
     peak_memory_mb: float | None = None
-    duration_s: float = Field(
-        0.0, description="Time to apply the step or export (cached: the original time)."
-    )
+    duration_s: float = Field(0.0, description="Time to apply the step or export (cached: the original time).")
     eval_duration_s: float | None = None
     runtime: str | None = None
     device: str | None = None
     threads: int | None = None
     eval_samples: int | None = None
     max_abs_diff: float | None = Field(None, description="Largest logit difference vs. the source stage.")
-    prediction_agreement: float | None = Field(
-        None, description="Share of argmax predictions equal to the source's."
-    )
+    prediction_agreement: float | None = Field(None, description="Share of argmax predictions equal to the source's.")
     metric_delta: float | None = Field(None, description="Primary metric minus the reference stage's.")
     artifact: str | None = Field(None, description="Directory of this stage's model or exported artifact.")
-    details: dict[str, Any] = Field(
-        default_factory=dict, description="What the step found (e.g. truncate's search)."
-    )
+    details: dict[str, Any] = Field(default_factory=dict, description="What the step found (e.g. truncate's search).")
     cached: bool = False
 
     @property

@@ -28,8 +28,7 @@ def test_missing_data_file_is_a_clean_error(tmp_path, tiny_bert):
     tiny_bert.tokenizer.save_pretrained(tmp_path / "m")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        f"model: {{source: {tmp_path / 'm'}}}\ndata: {{path: missing.tsv, text: sentence}}\n"
-        "steps: [dynamic_int8]\n"
+        f"model: {{source: {tmp_path / 'm'}}}\ndata: {{path: missing.tsv, text: sentence}}\nsteps: [dynamic_int8]\n"
     )
     proc = run_cli("run", str(recipe), "--output", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr

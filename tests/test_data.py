@@ -76,9 +76,7 @@ def test_headerless_tsv_with_string_labels_and_columns(tmp_path: Path) -> None:
 def test_header_detection_with_label_names_and_explicit_header(tmp_path: Path) -> None:
     rows = "".join(f"{text}\t{label}\n" for text, label in REVIEWS)
     headerless = write(tmp_path / "headerless.tsv", rows)
-    data = load_text_data(
-        DataSpec(str(headerless), text="column1", label="column2", label_names=["neg", "pos"]), "x"
-    )
+    data = load_text_data(DataSpec(str(headerless), text="column1", label="column2", label_names=["neg", "pos"]), "x")
     assert len(data) == 3 and data.labels == [1, 0, 1]
 
     renamed = write(tmp_path / "renamed.tsv", "sentence\tsentiment\n" + rows)
@@ -114,15 +112,11 @@ def test_csv_with_quoted_commas(tmp_path: Path) -> None:
 
 
 def test_jsonl_with_bool_and_float_labels(tmp_path: Path) -> None:
-    bools = write_jsonl(
-        tmp_path / "bools.jsonl", [{"text": "yes", "label": True}, {"text": "no", "label": False}]
-    )
+    bools = write_jsonl(tmp_path / "bools.jsonl", [{"text": "yes", "label": True}, {"text": "no", "label": False}])
     data = load_text_data(DataSpec(str(bools)), "validation")
     assert data.labels == [1, 0] and data.label_names == ["0", "1"]
 
-    floats = write_jsonl(
-        tmp_path / "floats.jsonl", [{"text": "a", "label": 2.0}, {"text": "b", "label": 0.0}]
-    )
+    floats = write_jsonl(tmp_path / "floats.jsonl", [{"text": "a", "label": 2.0}, {"text": "b", "label": 0.0}])
     data = load_text_data(DataSpec(str(floats)), "validation")
     assert data.labels == [2, 0] and data.label_names == ["0", "1", "2"]
 
@@ -132,9 +126,7 @@ def test_jsonl_with_bool_and_float_labels(tmp_path: Path) -> None:
 
 def test_parquet(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
-    datasets.Dataset.from_dict({"sentence": ["good", "bad"], "gold": ["positive", "negative"]}).to_parquet(
-        path
-    )
+    datasets.Dataset.from_dict({"sentence": ["good", "bad"], "gold": ["positive", "negative"]}).to_parquet(path)
     data = load_text_data(DataSpec(str(path), text="sentence", label="gold"), "test")
     assert data.texts == ["good", "bad"]
     assert data.label_names == ["negative", "positive"] and data.labels == [1, 0]
@@ -146,9 +138,7 @@ def test_saved_dataset_dict_with_class_labels(tmp_path: Path) -> None:
     )
     splits = datasets.DatasetDict(
         {
-            "train": datasets.Dataset.from_dict(
-                {"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features
-            ),
+            "train": datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features),
             "validation": datasets.Dataset.from_dict({"text": ["d"], "label": [0]}, features=features),
         }
     )
@@ -198,9 +188,7 @@ def test_sentence_pair_columns(tmp_path: Path) -> None:
             {"premise": "a dog runs", "hypothesis": "a cat sits", "label": "contradiction"},
         ],
     )
-    spec = DataSpec(
-        str(path), text="premise", text_pair="hypothesis", label_names=["entailment", "contradiction"]
-    )
+    spec = DataSpec(str(path), text="premise", text_pair="hypothesis", label_names=["entailment", "contradiction"])
     data = load_text_data(spec, "validation")
     assert data.texts == ["a man sleeps", "a dog runs"]
     assert data.pairs == ["a person rests", "a cat sits"]
@@ -217,9 +205,7 @@ def test_limit_takes_first_rows_and_seeded_sample_is_reproducible(tmp_path: Path
     assert sample.texts == load_text_data(spec, "train", limit=10, sample_seed=7).texts
     assert sample.texts != load_text_data(spec, "train", limit=10, sample_seed=8).texts
     assert len(set(sample.texts)) == 10 and sample.texts != first.head(10).texts
-    assert all(
-        label == int(text.split()[1]) % 3 for text, label in zip(sample.texts, sample.labels, strict=True)
-    )
+    assert all(label == int(text.split()[1]) % 3 for text, label in zip(sample.texts, sample.labels, strict=True))
     assert sample.label_names == ["0", "1", "2"]
     assert len(load_text_data(spec, "train", limit=500, sample_seed=1)) == 50
 
@@ -266,9 +252,7 @@ def test_missing_column_lists_existing_columns(tmp_path: Path) -> None:
     path = write(tmp_path / "data.csv", "sentence,label\na,1\n")
     error = data_error(lambda: load_text_data(DataSpec(str(path)), "validation"))
     assert error.where == "data.text"
-    assert (
-        str(path) in error.message and "'text'" in error.message and "['sentence', 'label']" in error.message
-    )
+    assert str(path) in error.message and "'text'" in error.message and "['sentence', 'label']" in error.message
 
     pairs = DataSpec(str(path), text="sentence", text_pair="hypothesis")
     assert data_error(lambda: load_text_data(pairs, "validation")).where == "data.text_pair"
@@ -341,13 +325,9 @@ def test_unlabelled_rows_name_the_row(tmp_path: Path) -> None:
     error = data_error(lambda: load_text_data(DataSpec(str(csv_path)), "validation"))
     assert "row 2" in error.message and str(csv_path) in error.message and error.where == "data.label"
 
-    json_path = write_jsonl(
-        tmp_path / "data.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": None}]
-    )
+    json_path = write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": None}])
     assert "row 2" in data_error(lambda: load_text_data(DataSpec(str(json_path)), "validation")).message
-    assert load_text_data(DataSpec(str(json_path)), "validation", limit=1).labels == [
-        0
-    ]  # only used rows count
+    assert load_text_data(DataSpec(str(json_path)), "validation", limit=1).labels == [0]  # only used rows count
 
     glue_test = write(tmp_path / "test.tsv", "sentence\tlabel\na\t-1\n")
     error = data_error(lambda: load_text_data(DataSpec(str(glue_test), text="sentence"), "test"))
@@ -359,9 +339,7 @@ def test_unlabelled_rows_name_the_row(tmp_path: Path) -> None:
 
 
 def test_classification_needs_a_label_column() -> None:
-    error = data_error(
-        lambda: load_text_data(DataSpec(str(SST2_DEV), text="sentence", label=None), "validation")
-    )
+    error = data_error(lambda: load_text_data(DataSpec(str(SST2_DEV), text="sentence", label=None), "validation"))
     assert error.where == "data.label"
 
 
@@ -372,7 +350,5 @@ def test_hub_name_offline_says_not_found_locally_and_hub_unreachable(
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     error = data_error(lambda: load_text_data(DataSpec("glue", name="sst2"), "validation", base_dir=tmp_path))
-    assert (
-        "'glue'" in error.message and "not a local file" in error.message and "unreachable" in error.message
-    )
+    assert "'glue'" in error.message and "not a local file" in error.message and "unreachable" in error.message
     assert str(tmp_path / "glue") in error.message and error.where == "data.path"

@@ -66,9 +66,7 @@ def test_evaluate_text_classification(tiny_bert: ModelHandle, sst2_dev: TextData
     assert evaluation.primary_metric == "accuracy" and evaluation.higher_is_better
 
     assert set(evaluation.latency) == {"1", "8"}
-    tokens = [
-        len(tiny_bert.tokenizer(t, truncation=True, max_length=512)["input_ids"]) for t in sst2_dev.texts
-    ]
+    tokens = [len(tiny_bert.tokenizer(t, truncation=True, max_length=512)["input_ids"]) for t in sst2_dev.texts]
     for key, batches in (("1", 64), ("8", 8)):
         stats = evaluation.latency[key]
         assert stats.batch_size == int(key)
@@ -121,9 +119,7 @@ def test_sentence_pairs_are_encoded_as_pairs(tiny_bert: ModelHandle, sst2_dev: T
 
 def test_scoring_pass_is_reused(tiny_bert: ModelHandle, sst2_dev: TextData) -> None:
     runtime = RecordingRuntime(tiny_bert)
-    reused, logits = evaluate(
-        runtime, sst2_dev, EvalSpec(batch_sizes=[4, 16], warmup_batches=2), progress=False
-    )
+    reused, logits = evaluate(runtime, sst2_dev, EvalSpec(batch_sizes=[4, 16], warmup_batches=2), progress=False)
     # batch 4: 2 warm-up + 16 timed; batch 16 (scoring size): 2 warm-up + 4 timed; no separate scoring pass.
     assert len(runtime.calls) == (2 + 16) + (2 + 4)
 
@@ -145,9 +141,7 @@ def test_latency_samples_limit_timing_but_not_the_metric(tiny_bert: ModelHandle,
     # batch 4: 1 warm-up + 4 timed, then stops; batch 16: 1 warm-up + 1 timed + 3 untimed for the metric.
     assert len(runtime.calls) == (1 + 4) + (1 + 1 + 3)
     assert logits.shape == (64, 2)
-    assert evaluation.metrics["accuracy"] == pytest.approx(
-        np.mean(logits.argmax(1) == np.array(sst2_dev.labels))
-    )
+    assert evaluation.metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == np.array(sst2_dev.labels)))
 
 
 def test_score_is_metrics_only_at_the_scoring_batch_size(tiny_bert: ModelHandle, sst2_dev: TextData) -> None:
@@ -178,9 +172,7 @@ def wikitext_slice(lines: int) -> TextData:
     return TextData([r for r in rows if r.strip()], source="wiki.test.raw")
 
 
-def reference_perplexity(
-    handle: ModelHandle, data: TextData, seq_len: int, stride: int
-) -> tuple[float, list]:
+def reference_perplexity(handle: ModelHandle, data: TextData, seq_len: int, stride: int) -> tuple[float, list]:
     """The Hugging Face perplexity-guide loop (labels masked with -100), over the same full windows."""
     ids = handle.tokenizer("\n\n".join(data.texts), return_tensors="pt").input_ids
     total_nll, total_tokens, window_means = 0.0, 0, []
@@ -202,9 +194,7 @@ def reference_perplexity(
 
 
 @pytest.mark.parametrize("stride", [None, 24])
-def test_perplexity_matches_cross_entropy_on_the_same_windows(
-    tiny_llama: ModelHandle, stride: int | None
-) -> None:
+def test_perplexity_matches_cross_entropy_on_the_same_windows(tiny_llama: ModelHandle, stride: int | None) -> None:
     data = wikitext_slice(12)
     spec = EvalSpec(metric="perplexity", seq_len=64, stride=stride, batch_sizes=[1, 4], warmup_batches=1)
     evaluation, window_nll = evaluate(TorchRuntime(tiny_llama), data, spec, progress=False)
@@ -255,9 +245,7 @@ def test_minilm_on_sst2(sst2_dev: TextData) -> None:
 
     # Padded batches of 16 give the same logits as each sentence run alone.
     np.testing.assert_allclose(logits, unpadded_logits(handle, sst2_dev), atol=1e-4)
-    assert evaluation.metrics["accuracy"] == pytest.approx(
-        np.mean(logits.argmax(1) == np.array(sst2_dev.labels))
-    )
+    assert evaluation.metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == np.array(sst2_dev.labels)))
     assert evaluation.num_parameters == pytest.approx(22.7e6, rel=0.01)
     assert evaluation.size_mb == pytest.approx(evaluation.num_parameters * 4 / 2**20, rel=0.02)
     assert evaluation.peak_memory_mb > evaluation.size_mb

@@ -71,9 +71,7 @@ def bert(word_tokenizer: BertTokenizerFast) -> ModelHandle:
         intermediate_size=64, max_position_embeddings=128, num_labels=2, initializer_range=0.1,
     )  # fmt: skip
     model = BertForSequenceClassification(config).eval()
-    return ModelHandle(
-        model=model, tokenizer=word_tokenizer, task="text-classification", label_names=["0", "1"]
-    )
+    return ModelHandle(model=model, tokenizer=word_tokenizer, task="text-classification", label_names=["0", "1"])
 
 
 @pytest.fixture
@@ -143,9 +141,7 @@ def test_dynamic_int8_is_smaller_and_agrees_with_fp32(bert, sst2_dev, tmp_path):
     fp32_dir, _ = export(bert, tmp_path / "fp32", optimize=True)
     out_dir, runtime = export(bert, tmp_path / "int8", quantize="dynamic")
     graph = onnx.load(str(out_dir / "model.onnx"))
-    assert any(
-        n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention") for n in graph.graph.node
-    )
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention") for n in graph.graph.node)
     assert runtime.describe()["precision"] == "int8-dynamic"
     assert runtime.size_bytes() < (fp32_dir / "model.onnx").stat().st_size
     same, correlation = agreement(runtime, reference, sst2_dev, bert)
@@ -230,9 +226,7 @@ def test_minilm_onnx_matches_pytorch_accuracy(tmp_path):
     data = _read_sst2("dev.tsv", 200)
     _, runtime = export(handle, tmp_path)  # FP32, transformer-optimized graph
     reference = TorchRuntime(handle)
-    pairs = [
-        (runtime.predict(b).argmax(-1), reference.predict(b).argmax(-1)) for b in batches(handle, data, 32)
-    ]
+    pairs = [(runtime.predict(b).argmax(-1), reference.predict(b).argmax(-1)) for b in batches(handle, data, 32)]
     got, want = (np.concatenate(side) for side in zip(*pairs, strict=True))
     labels = np.asarray(data.labels)
     assert abs((got == labels).mean() - (want == labels).mean()) <= 0.005

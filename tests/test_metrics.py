@@ -90,7 +90,5 @@ def test_metric_for_the_wrong_task_is_a_config_error() -> None:
 
 def test_causal_lm_default_metric_is_perplexity() -> None:
     assert [m.name for m in resolve_metrics(EvalSpec(), "causal-lm")] == ["perplexity"]
-    names = [
-        m.name for m in resolve_metrics(EvalSpec(extra_metrics=["f1", "accuracy"]), "text-classification")
-    ]
+    names = [m.name for m in resolve_metrics(EvalSpec(extra_metrics=["f1", "accuracy"]), "text-classification")]
     assert names == ["accuracy", "f1"]

@@ -30,9 +30,7 @@ def latency(batch_size: int, p50: float, spread: float = 1.3) -> LatencyStats:
     )
 
 
-def stage(
-    name: str, kind: str, accuracy: float | None, p50: tuple[float, float] | None, **fields
-) -> StageResult:
+def stage(name: str, kind: str, accuracy: float | None, p50: tuple[float, float] | None, **fields) -> StageResult:
     common = {"runtime": "pytorch", "device": "cpu", "threads": 2, "eval_samples": 872}
     if accuracy is not None:
         common.update(metrics={"accuracy": accuracy, "f1": accuracy - 0.01}, primary_metric="accuracy")

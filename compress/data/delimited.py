@@ -42,9 +42,7 @@ def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str,
     quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
     rows = _first_rows(path, sep, quoting, field)
     if not rows:
-        raise DataError(
-            f"{path} is empty", where=field, fix="point at a file with a header row and data rows"
-        )
+        raise DataError(f"{path} is empty", where=field, fix="point at a file with a header row and data rows")
     first = rows[0]
     header = spec.header if spec.header is not None else first_row_is_header(rows, spec, needed)
     detected = "" if spec.header is not None else f"; header detected, set {where}.header to override"
@@ -55,15 +53,12 @@ def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str,
     if spec.columns is not None:
         if len(spec.columns) != len(first):
             raise DataError(
-                f"{path} has {len(first)} columns per row but {len(spec.columns)} names are given: "
-                f"{spec.columns}",
+                f"{path} has {len(first)} columns per row but {len(spec.columns)} names are given: {spec.columns}",
                 where=f"{where}.columns",
                 fix=f"give exactly {len(first)} names in {where}.columns, one per column in file order",
             )
         names = list(spec.columns)
-        note = (
-            f"names from {where}.columns, the first row read as {'a header' if header else 'data'}{detected}"
-        )
+        note = f"names from {where}.columns, the first row read as {'a header' if header else 'data'}{detected}"
     elif header:
         names = [cell.strip() for cell in first]
         note = f"names from the file's header row{detected}"

@@ -62,9 +62,7 @@ def load_text_data(
     texts = _text_column(list(chosen[spec.text]), rows, raw.source, spec.text, f"{where}.text")
     pairs = None
     if "text_pair" in columns:
-        pairs = _text_column(
-            list(chosen[spec.text_pair]), rows, raw.source, spec.text_pair, f"{where}.text_pair"
-        )
+        pairs = _text_column(list(chosen[spec.text_pair]), rows, raw.source, spec.text_pair, f"{where}.text_pair")
     labels = label_names = None
     if "label" in columns:
         feature = raw.dataset.features.get(spec.label)
@@ -100,9 +98,7 @@ def _pick_rows(total: int, limit: int | None, seed: int | None) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(total, size=limit, replace=False).tolist())
 
 
-def _text_column(
-    values: Sequence[object], rows: list[int], source: str, column: str, field: str
-) -> list[str]:
+def _text_column(values: Sequence[object], rows: list[int], source: str, column: str, field: str) -> list[str]:
     missing = [row for row, value in zip(rows, values, strict=True) if value is None]
     if missing:
         shown = ", ".join(str(row + 1) for row in missing[:SHOWN_ROWS])

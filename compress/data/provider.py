@@ -16,9 +16,7 @@ class DataProvider:
         self.base_dir = base_dir
         self.seed = seed
 
-    def _load(
-        self, spec: DataSpec, split: str, limit: int | None, sample_seed: int | None, where: str
-    ) -> TextData:
+    def _load(self, spec: DataSpec, split: str, limit: int | None, sample_seed: int | None, where: str) -> TextData:
         from compress.data.load import load_text_data
 
         return load_text_data(

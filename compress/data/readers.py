@@ -62,9 +62,7 @@ def read_split(spec: DataSpec, split: str, needed: list[str], base_dir: Path | N
     return _read_hub(spec, split, path, where)
 
 
-def _read_local(
-    path: Path, spec: DataSpec, split: str, needed: list[str], field: str, where: str
-) -> RawSplit:
+def _read_local(path: Path, spec: DataSpec, split: str, needed: list[str], field: str, where: str) -> RawSplit:
     if path.is_dir():
         return RawSplit(_read_saved(path, split, field, where), str(path))
     reader = READERS.get(path.suffix.lower())

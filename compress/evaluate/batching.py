@@ -30,14 +30,10 @@ def batch_count(rows: int, batch_size: int) -> int:
     return math.ceil(rows / batch_size)
 
 
-def check_classification_data(
-    data: TextData, tokenizer: PreTrainedTokenizerBase, batch_sizes: list[int]
-) -> None:
+def check_classification_data(data: TextData, tokenizer: PreTrainedTokenizerBase, batch_sizes: list[int]) -> None:
     """Fail before any model runs if the data or tokenizer cannot give scored batches."""
     if len(data) == 0:
-        raise DataError(
-            "the evaluation split has no rows", where="data.split", fix="point data at a non-empty split"
-        )
+        raise DataError("the evaluation split has no rows", where="data.split", fix="point data at a non-empty split")
     if data.labels is None:
         raise DataError(
             "the evaluation split has no labels, so no classification metric can be computed",

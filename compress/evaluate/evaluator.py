@@ -161,11 +161,7 @@ def _timed_passes(
     for batch_size in latency_sizes:
         total = batch_count(items, batch_size)
         # Timing covers whole batches: the first ceil(latency_samples / batch_size) of them.
-        timed = (
-            total
-            if spec.latency_samples is None
-            else min(total, batch_count(spec.latency_samples, batch_size))
-        )
+        timed = total if spec.latency_samples is None else min(total, batch_count(spec.latency_samples, batch_size))
         scoring_here = batch_size == spec.scoring_batch_size
         result = run_pass(
             runtime,

@@ -43,13 +43,9 @@ class Windows:
         return self.token_ids.shape[1] - self.score_start
 
 
-def make_windows(
-    tokenizer: PreTrainedTokenizerBase, data: TextData, seq_len: int, stride: int | None
-) -> Windows:
+def make_windows(tokenizer: PreTrainedTokenizerBase, data: TextData, seq_len: int, stride: int | None) -> Windows:
     if len(data) == 0:
-        raise DataError(
-            "the evaluation split has no rows", where="data.split", fix="point data at a non-empty split"
-        )
+        raise DataError("the evaluation split has no rows", where="data.split", fix="point data at a non-empty split")
     began = time.perf_counter()
     encoded = tokenizer("\n\n".join(data.texts), return_tensors="np", verbose=False)
     token_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
@@ -100,9 +96,7 @@ def window_mean_nll(logits: np.ndarray, input_ids: np.ndarray, score_start: np.n
         total = 0.0
         for offset in range(0, targets.shape[0], chunk):
             piece = predicted[offset : offset + chunk].float()
-            total += torch.nn.functional.cross_entropy(
-                piece, targets[offset : offset + chunk], reduction="sum"
-            ).item()
+            total += torch.nn.functional.cross_entropy(piece, targets[offset : offset + chunk], reduction="sum").item()
         means[row] = total / targets.shape[0]
     return means
 

@@ -26,9 +26,7 @@ Feed = dict[str, np.ndarray]
 CALIBRATION_BATCH_SIZE = 8
 
 
-def quantize_onnx_dynamic(
-    source: Path, target: Path, *, per_channel: bool, op_types: list[str] | None = None
-) -> None:
+def quantize_onnx_dynamic(source: Path, target: Path, *, per_channel: bool, op_types: list[str] | None = None) -> None:
     """Dynamic INT8 (int8 weights, activation scales computed per batch) of `source` into `target`."""
     onnx = import_optional("onnx", "onnx")
     quantization = import_optional("onnxruntime.quantization", "onnx")

@@ -96,9 +96,7 @@ class TensorRTExporter(Exporter):
         command = trtexec_command(input_names, shapes, self.config.precision, self.config.workspace_gb)
         reason = self._build(out_dir, input_names, shapes, where)
         if reason is not None:
-            log.warning(
-                "%s: the TensorRT engine was not built: %s. Build it with: %s", where, reason, command
-            )
+            log.warning("%s: the TensorRT engine was not built: %s. Build it with: %s", where, reason, command)
         write_metadata(
             model, out_dir, format="tensorrt", model_file=MODEL_FILE, input_names=input_names,
             precision=self.config.precision, engine_file=ENGINE_FILE if reason is None else None,

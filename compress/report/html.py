@@ -94,8 +94,7 @@ def render_html(report: RunReport) -> str:
         for stage in problems:
             message = escape(stage.message) if stage.message else "no message recorded"
             parts.append(
-                f"<li><b>{escape(stage.name)}</b> ({escape(stage.kind)}, {escape(status_text(stage))}): "
-                f"{message}</li>"
+                f"<li><b>{escape(stage.name)}</b> ({escape(stage.kind)}, {escape(status_text(stage))}): {message}</li>"
             )
         parts.append("</ul>")
     charts = all_plots(report.stages)
@@ -103,9 +102,7 @@ def render_html(report: RunReport) -> str:
         parts.append("<h2>Charts</h2>")
     for title, caption, svg in charts:
         # The SVG comes from matplotlib, which XML-escapes every text it draws (stage names included).
-        parts.append(
-            f"<figure><h3>{escape(title)}</h3>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
-        )
+        parts.append(f"<figure><h3>{escape(title)}</h3>{svg}<figcaption>{escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -113,8 +113,7 @@ def _place_labels(ax: Any, points: list[tuple[float, float, str]]) -> None:
     dpi_scale = ax.figure.dpi / 72
     marker = 4 * dpi_scale  # the points themselves are obstacles too
     placed = [
-        (px - marker, py - marker, px + marker, py + marker)
-        for px, py in (to_pixels((x, y)) for x, y, _ in points)
+        (px - marker, py - marker, px + marker, py + marker) for px, py in (to_pixels((x, y)) for x, y, _ in points)
     ]
     for x, y, text in sorted(points, key=lambda p: (p[0], p[1])):
         px, py = to_pixels((x, y))
@@ -149,13 +148,9 @@ def latency_distribution(stages: list[StageResult]) -> str | None:
                 if stats is None:
                     continue
                 color = COLORS[i % len(COLORS)]
-                ax.barh(
-                    y, stats.p99_ms - stats.p50_ms, left=stats.p50_ms, height=0.45, color=color, alpha=0.35
-                )
+                ax.barh(y, stats.p99_ms - stats.p50_ms, left=stats.p50_ms, height=0.45, color=color, alpha=0.35)
                 ax.plot([stats.p50_ms], [y], "o", color=color, label="P50" if i == 0 else None)
-                ax.plot(
-                    [stats.p95_ms], [y], "|", color="black", markersize=12, label="P95" if i == 0 else None
-                )
+                ax.plot([stats.p95_ms], [y], "|", color="black", markersize=12, label="P95" if i == 0 else None)
                 ax.plot([stats.p99_ms], [y], ">", color=color, label="P99" if i == 0 else None)
             ax.set_title(f"batch size {bs}")
             ax.set_xlabel("latency per batch (ms)")

@@ -42,10 +42,10 @@ class Runtime(ABC):
     def num_parameters(self) -> int | None:
         return None
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027  (optional hook: CPU runtimes have nothing to wait for)
         """Wait for queued device work, so timings are honest (CUDA runtimes override this)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook)
         """Free the session or model."""
 
     def describe(self) -> dict[str, str]:

@@ -28,13 +28,17 @@ class TorchRuntime(Runtime):
     def _forward_inputs(self) -> list[str]:
         import inspect
 
-        return [n for n in ("input_ids", "attention_mask", "token_type_ids")
-                if n in inspect.signature(self.model.forward).parameters]
+        return [
+            n
+            for n in ("input_ids", "attention_mask", "token_type_ids")
+            if n in inspect.signature(self.model.forward).parameters
+        ]
 
     @torch.inference_mode()
     def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        inputs = {k: torch.from_numpy(np.asarray(v)).to(self.torch_device) for k, v in batch.items()
-                  if k in self._input_names}
+        inputs = {
+            k: torch.from_numpy(np.asarray(v)).to(self.torch_device) for k, v in batch.items() if k in self._input_names
+        }
         logits = self.model(**inputs).logits
         return logits.float().cpu().numpy()
 
@@ -49,6 +53,9 @@ class TorchRuntime(Runtime):
         return count_parameters(self.model)
 
     def describe(self) -> dict[str, str]:
-        dtype = "int8-dynamic" if any(t["name"] == "dynamic_int8" for t in self.handle.transforms) else str(
-            next(self.model.parameters()).dtype).replace("torch.", "")
+        dtype = (
+            "int8-dynamic"
+            if any(t["name"] == "dynamic_int8" for t in self.handle.transforms)
+            else str(next(self.model.parameters()).dtype).replace("torch.", "")
+        )
         return {"runtime": self.name, "device": self.device, "precision": dtype}

@@ -114,6 +114,7 @@ class Truncate(Step):
     name: ClassVar[str] = "truncate"
     Config = TruncateConfig
     config: TruncateConfig
+
     def __init__(self, config: TruncateConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         # Filled by `apply` with max_length="auto": the reference first, then each scored candidate.
@@ -166,9 +167,7 @@ class Truncate(Step):
             token_lengths(model.tokenizer, ctx.eval_data()), reference_length
         )
         shorter = [c for c in sorted(set(candidates)) if c < reference_length]
-        chosen, scored = shortest_within_budget(
-            shorter, score, reference, budget, higher_better, self.progress
-        )
+        chosen, scored = shortest_within_budget(shorter, score, reference, budget, higher_better, self.progress)
         self.search_results += scored
         if chosen is None:
             logger.warning(

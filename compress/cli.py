@@ -62,6 +62,7 @@ def eval_(
     metric: Annotated[str, typer.Option(help="Primary metric.")] = "accuracy",
     batch_size: Annotated[list[int] | None, typer.Option("--batch-size", help="Repeatable.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path("runs/eval"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Evaluate one model on a dataset (a recipe with no steps)."""
     from compress.recipe import Recipe
@@ -82,7 +83,7 @@ def eval_(
             **({"batch_sizes": batch_size} if batch_size else {}),
         },
     }
-    print(Recipe.from_dict(raw, source="compress eval").run(output).table())
+    print(Recipe.from_dict(raw, source="compress eval").run(output, progress=not quiet).table())
 
 
 @app.command("list")
@@ -139,10 +140,10 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted: finished stages are cached; run the same command to resume")
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors (unknown option, missing argument) come from the click that typer bundles; show them as
+        # click would, without a traceback.
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
         raise

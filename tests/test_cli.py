@@ -58,3 +58,31 @@ def test_reference_doc_is_up_to_date():
 
     committed = (REPO / "docs" / "reference.md").read_text()
     assert committed == render_reference(), "docs/reference.md is stale: run `compress docs`"
+
+
+def test_usage_error_has_no_traceback():
+    proc = run_cli("run", "recipes/sst2-minilm-int8.yaml", "--no-such-option")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "No such option" in proc.stderr
+
+
+def test_eval_one_model_without_steps(tmp_path, tiny_bert):
+    tiny_bert.model.save_pretrained(tmp_path / "m")
+    tiny_bert.tokenizer.save_pretrained(tmp_path / "m")
+    proc = run_cli(
+        "eval",
+        str(tmp_path / "m"),
+        "--data",
+        "evals/data/sst2/dev.tsv",
+        "--text",
+        "sentence",
+        "--limit",
+        "16",
+        "--batch-size",
+        "4",
+        "--output",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline" in proc.stdout and (tmp_path / "out" / "report.json").exists()

@@ -231,3 +231,13 @@ def test_minilm_onnx_matches_pytorch_accuracy(tmp_path):
     labels = np.asarray(data.labels)
     assert abs((got == labels).mean() - (want == labels).mean()) <= 0.005
     assert (got == want).mean() >= 0.995
+
+
+def test_deploy_sample_runs_against_the_artifact(bert, tmp_path, capsys):
+    from compress.export.onnx import ort_sample
+
+    artifact, _ = export(bert, tmp_path)
+    code = ort_sample(bert).replace("path/to/this/folder", str(artifact))
+    exec(compile(code, "deploy-sample", "exec"), {})  # the snippet users copy from deploy.md
+    printed = capsys.readouterr().out
+    assert printed.strip().startswith("[")  # one predicted label per example sentence

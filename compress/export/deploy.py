@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.io import atomic_write_text
+from compress.models.handle import ModelHandle
 
 DEPLOY_FILE = "deploy.md"
 
@@ -32,3 +33,14 @@ def write_deploy_notes(out_dir: Path, title: str, code: str, notes: list[str]) -
     out_dir = Path(out_dir)
     files = [f for f in list_artifact_files(out_dir) if f != DEPLOY_FILE]
     atomic_write_text(out_dir / DEPLOY_FILE, render_deploy_notes(title, code, notes, files))
+
+
+def sample_io(model: ModelHandle) -> tuple[str, str, int]:
+    """Example input texts, the lines that turn logits into an answer, and the max_length, for a deploy sample."""
+    max_length = model.max_length or 512
+    if model.task == "causal-lm":
+        post = "next_token = logits[0, -1].argmax()\nprint(tokenizer.decode([next_token]))"
+        return '["The capital of France is"]', post, max_length
+    labels = model.label_names or []
+    post = f"labels = {labels!r}\nprint([labels[i] if labels else i for i in logits.argmax(-1)])"
+    return '["a gripping, beautifully made film", "tedious and overlong"]', post, max_length

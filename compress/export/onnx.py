@@ -19,7 +19,7 @@ from pydantic import Field, PositiveInt
 
 from compress.errors import ConfigError, ExportError
 from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
-from compress.export.deploy import write_deploy_notes
+from compress.export.deploy import sample_io, write_deploy_notes
 from compress.export.onnx_quantize import (
     CalibrationMethod,
     calibration_feeds,
@@ -320,15 +320,9 @@ def inference_max_length(model: ModelHandle, ctx: StageContext) -> int:
 
 def ort_sample(model: ModelHandle, model_file: str = MODEL_FILE) -> str:
     """A runnable ONNX Runtime snippet for this artifact."""
-    max_length = model.max_length or 512
-    if model.task == "causal-lm":
-        post = "next_token = logits[0, -1].argmax()\nprint(tokenizer.decode([next_token]))"
-        text = '["The capital of France is"]'
-    else:
-        labels = model.label_names or []
-        post = f"labels = {labels!r}\nprint([labels[i] if labels else i for i in logits.argmax(-1)])"
-        text = '["a gripping, beautifully made film", "tedious and overlong"]'
+    text, post, max_length = sample_io(model)
     return f"""\
+import numpy as np
 import onnxruntime as ort
 from transformers import AutoTokenizer
 

@@ -13,7 +13,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from compress.errors import CompressError, ExportError
 from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
-from compress.export.deploy import write_deploy_notes
+from compress.export.deploy import sample_io, write_deploy_notes
 from compress.export.onnx import inference_max_length
 from compress.export.onnx_quantize import calibration_feeds
 from compress.export.openvino_convert import (
@@ -177,14 +177,7 @@ def load_openvino_runtime(artifact_dir: Path, ctx: StageContext) -> Runtime:
 
 def openvino_sample(model: ModelHandle, model_file: str = MODEL_FILE) -> str:
     """A runnable OpenVINO snippet for this artifact."""
-    max_length = model.max_length or 512
-    if model.task == "causal-lm":
-        post = "next_token = logits[0, -1].argmax()\nprint(tokenizer.decode([next_token]))"
-        text = '["The capital of France is"]'
-    else:
-        labels = model.label_names or []
-        post = f"labels = {labels!r}\nprint([labels[i] if labels else i for i in logits.argmax(-1)])"
-        text = '["a gripping, beautifully made film", "tedious and overlong"]'
+    text, post, max_length = sample_io(model)
     return f"""\
 import numpy as np
 import openvino as ov

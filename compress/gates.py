@@ -5,12 +5,16 @@ from __future__ import annotations
 from compress.result import StageResult
 
 
+def metric_drop(reference: float, value: float, higher_is_better: bool) -> float:
+    """How much worse `value` is than `reference`, in the metric's units (negative: it got better)."""
+    return reference - value if higher_is_better else value - reference
+
+
 def worsening(result: StageResult, reference: StageResult) -> float | None:
     """How much worse `result` is than `reference` on the primary metric (positive = worse)."""
     if result.primary is None or reference.primary is None:
         return None
-    delta = reference.primary - result.primary
-    return delta if result.higher_is_better else -delta
+    return metric_drop(reference.primary, result.primary, result.higher_is_better)
 
 
 def check_gate(result: StageResult, reference: StageResult, limit: float | None, what: str) -> str | None:

@@ -71,6 +71,29 @@ class Recipe:
         for i, exporter in enumerate(self.exports):
             if not isinstance(exporter, Exporter):
                 raise ConfigError(f"exports[{i}] is a {type(exporter).__name__}, not an Exporter")
+        self._check_stage_names()
+
+    def _check_stage_names(self) -> None:
+        """Stage names key the report and `source:` references, so they must be unique and resolvable."""
+        seen = {"baseline"}
+        for section, items, prefix in (("steps", self.steps, ""), ("exports", self.exports, "export:")):
+            for i, item in enumerate(items):
+                name = prefix + item.label
+                if name in seen:
+                    raise ConfigError(
+                        f"two stages are named '{name}'",
+                        where=f"{section}[{i}].{item.name}.label",
+                        fix="give each repeated step or export its own `label`",
+                    )
+                seen.add(name)
+        step_names = ["baseline", *(step.label for step in self.steps)]
+        for i, exporter in enumerate(self.exports):
+            if exporter.config.source is not None and exporter.config.source not in step_names:
+                raise ConfigError(
+                    f"export source '{exporter.config.source}' is not a stage of this recipe",
+                    where=f"exports[{i}].{exporter.name}.source",
+                    fix=f"use one of: {', '.join(step_names)}",
+                )
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:

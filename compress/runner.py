@@ -23,7 +23,7 @@ from compress.cache import StageStore, data_identity, stable_hash
 from compress.data.provider import DataProvider
 from compress.distributed import barrier, from_main, is_main_process, local_device
 from compress.environment import environment
-from compress.errors import CompressError, ConfigError, NotEvaluable
+from compress.errors import CompressError, NotEvaluable
 from compress.gates import check_gate
 from compress.io import atomic_directory
 from compress.models.handle import ModelHandle
@@ -165,7 +165,8 @@ class Runner:
             data_identity(recipe.data, recipe.base_dir),
             recipe.evaluate.model_dump(),
         )
-        stopped = self._baseline(key)
+        self._baseline(key)
+        stopped: str | None = None
         reference = self.stages[0]
         previous_name = "baseline"
 
@@ -208,14 +209,7 @@ class Runner:
 
         if stopped is None and is_main_process():
             for offset, exporter in enumerate(recipe.exports, start=len(recipe.steps) + 1):
-                source_name = exporter.config.source or previous_name
-                if source_name not in self.models:
-                    raise ConfigError(
-                        f"export '{exporter.label}' names source stage '{source_name}', "
-                        "which this recipe does not have",
-                        where=f"exports[{offset - len(recipe.steps) - 1}].source",
-                        fix=f"use one of: {', '.join(self.models)}",
-                    )
+                source_name = exporter.config.source or previous_name  # Recipe checked it exists
                 source_dir, _, source_key = self.models[source_name]
                 export_key = stable_hash(source_key, exporter.cache_key())
                 stage_dir = self.store.stage_dir(offset, f"export-{exporter.label}", export_key)
@@ -254,13 +248,13 @@ class Runner:
             loader = self._load_source if name == "baseline" else _lazy_load(stage_dir / "model")
             self.models[name] = (stage_dir, loader, key)
 
-    def _baseline(self, key: str) -> str | None:
+    def _baseline(self, key: str) -> None:
         stage_dir = self.store.stage_dir(0, "baseline", key)
         cached = self._cached(stage_dir, "result.json")
         if cached is not None:
             self.stages.append(cached)
             self.models["baseline"] = (stage_dir, self._load_source, key)
-            return None
+            return
         handle = self._load_source()
         started = time.perf_counter()
         result = StageResult(name="baseline", kind="baseline", config={"model": self.recipe.model.source})
@@ -271,7 +265,6 @@ class Runner:
         self.stages.append(result)
         self.models["baseline"] = (stage_dir, handle, key)
         self._write_report()
-        return None
 
     def _load_source(self) -> ModelHandle:
         from compress.models.load import load_model

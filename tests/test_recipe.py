@@ -95,3 +95,15 @@ def test_bundled_recipes_parse():
     for path in sorted((repo / "recipes").glob("*.yaml")):
         recipe = Recipe.from_yaml(path)
         assert recipe.steps or recipe.exports, path
+
+
+def test_stage_names_must_be_unique_and_sources_must_exist(tmp_path):
+    twice = {**GOOD, "steps": [{"truncate": {"max_length": 32}}, {"truncate": {"max_length": 16}}]}
+    with pytest.raises(ConfigError, match="two stages are named 'truncate'") as info:
+        Recipe.from_yaml(write(tmp_path, twice))
+    assert "label" in str(info.value)
+    relabelled = {**GOOD, "steps": [{"truncate": {"max_length": 32}}, {"truncate": {"max_length": 16, "label": "t16"}}]}
+    assert [s.label for s in Recipe.from_yaml(write(tmp_path, relabelled)).steps] == ["truncate", "t16"]
+    with pytest.raises(ConfigError, match="export source 'finetune' is not a stage") as info:
+        Recipe.from_yaml(write(tmp_path, {**GOOD, "exports": [{"onnx": {"source": "finetune"}}]}))
+    assert "exports[0].onnx.source" in str(info.value)

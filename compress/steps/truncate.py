@@ -18,25 +18,15 @@ from transformers import PreTrainedTokenizerBase
 
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
+from compress.evaluate.metrics import resolve_metric
+from compress.gates import metric_drop
 from compress.models.handle import ModelHandle
 from compress.steps.base import StageContext, Step, StepConfig
 
 logger = logging.getLogger(__name__)
 
 PERCENTILES = (50, 75, 90, 95, 99, 100)
-LOWER_IS_BETTER_WORDS = ("perplexity", "loss", "error", "wer", "cer", "mse", "mae")
 TIE_TOLERANCE = 1e-9  # equal metrics computed in a different order must not count as a drop
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether larger is better (accuracy, F1) or worse (perplexity, loss, error rates), from the name."""
-    name = metric.lower()
-    return not any(word in name for word in LOWER_IS_BETTER_WORDS)
-
-
-def metric_drop(reference: float, value: float, higher_better: bool) -> float:
-    """How much worse `value` is than `reference`, in the metric's units (negative: it got better)."""
-    return reference - value if higher_better else value - reference
 
 
 def token_lengths(tokenizer: PreTrainedTokenizerBase, data: TextData) -> list[int]:
@@ -140,7 +130,7 @@ class Truncate(Step):
         if limit is not None:
             reference_length = min(reference_length, limit)
         metric = ctx.primary_metric
-        higher_better = higher_is_better(metric)
+        higher_better = resolve_metric(metric, model.task, where="evaluate.metric").higher_is_better
         budget = self.config.max_accuracy_drop or 0.0
 
         def score(length: int) -> float:

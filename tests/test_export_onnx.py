@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import SST2_DIR
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -46,43 +45,28 @@ def make_context(tmp_path: Path, calibration: TextData | None = None) -> StageCo
     )
 
 
-@pytest.fixture(scope="module")
-def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    """WordPiece over frequent SST-2 words, loaded with `vocab=` so every word gets its own id."""
-    counts: collections.Counter[str] = collections.Counter()
-    for line in (SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:20001]:
-        counts.update(line.rsplit("\t", 1)[0].split())
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = specials + [w for w, _ in counts.most_common(2000) if w not in specials]
-    vocab_file = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)
-    assert tokenizer.vocab_size > 1000
-    return tokenizer
-
-
 @pytest.fixture
-def bert(word_tokenizer: BertTokenizerFast) -> ModelHandle:
+def bert(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
     """A tiny random BERT classifier. Weights drawn wider than BERT's 0.02 make its logits depend on the
     input (at 0.02 they are near-constant), so INT8 agreement measures quantization, not ties."""
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=word_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=128, num_labels=2, initializer_range=0.1,
     )  # fmt: skip
     model = BertForSequenceClassification(config).eval()
-    return ModelHandle(model=model, tokenizer=word_tokenizer, task="text-classification", label_names=["0", "1"])
+    return ModelHandle(model=model, tokenizer=tiny_tokenizer, task="text-classification", label_names=["0", "1"])
 
 
 @pytest.fixture
-def llama(word_tokenizer: BertTokenizerFast) -> ModelHandle:
+def llama(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=word_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=word_tokenizer.pad_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
     )  # fmt: skip
-    return ModelHandle(model=LlamaForCausalLM(config).eval(), tokenizer=word_tokenizer, task="causal-lm")
+    return ModelHandle(model=LlamaForCausalLM(config).eval(), tokenizer=tiny_tokenizer, task="causal-lm")
 
 
 def batches(handle: ModelHandle, data: TextData, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -200,8 +184,8 @@ class Eigen(torch.nn.Module):
         return collections.namedtuple("Output", "logits")(torch.linalg.eigvals(square).real)
 
 
-def test_unconvertible_op_is_named(word_tokenizer, tmp_path):
-    handle = ModelHandle(model=Eigen(), tokenizer=word_tokenizer, task="text-classification")
+def test_unconvertible_op_is_named(tiny_tokenizer, tmp_path):
+    handle = ModelHandle(model=Eigen(), tokenizer=tiny_tokenizer, task="text-classification")
     with pytest.raises(ExportError, match="linalg_eig"):
         export(handle, tmp_path)
 

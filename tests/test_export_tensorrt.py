@@ -22,7 +22,7 @@ from compress.runtime.torch import TorchRuntime
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 # The same tiny models as the ONNX tests (fixtures are found by name in this module).
-word_tokenizer, bert, llama = onnx_tests.word_tokenizer, onnx_tests.bert, onnx_tests.llama
+bert, llama = onnx_tests.bert, onnx_tests.llama
 
 
 def run_export(handle, tmp_path, calibration=None, **config):

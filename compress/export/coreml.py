@@ -22,7 +22,7 @@ from compress.export.coreml_convert import (
 )
 from compress.export.coreml_validate import validate_package
 from compress.export.deploy import write_deploy_notes
-from compress.export.onnx import inference_max_length
+from compress.export.tracing import inference_max_length
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
 from compress.runtime.base import Runtime

@@ -12,7 +12,7 @@ import torch
 
 from compress.errors import ExportError
 from compress.export.coreml_ops import patched_torch_frontend
-from compress.export.onnx import LogitsOnly, example_inputs, onnx_input_names
+from compress.export.tracing import LogitsOnly, example_inputs, onnx_input_names, reject_torch_int8
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
 
@@ -27,20 +27,14 @@ COMPUTE_UNITS = {
 }
 
 
-def reject_torch_quantized(model: ModelHandle, where: str) -> None:
-    if any(t["name"] == "dynamic_int8" for t in model.transforms):
-        raise ExportError(
-            "the model went through the `dynamic_int8` step; coremltools cannot convert PyTorch's quantized "
-            "kernels (op quantized::linear_dynamic, stage: torch → TorchScript → MIL)",
-            where=where,
-            fix="export the FP32 model and compress it in Core ML: drop the `dynamic_int8` step before this "
-            "export and set `weight_quantization: int8` (or a palettization) on the coreml export",
-        )
-
-
 def trace(model: ModelHandle, where: str) -> tuple[torch.jit.ScriptModule, list[str]]:
     """TorchScript of the logits-only wrapper, traced on a padded batch so the attention-mask path is kept."""
-    reject_torch_quantized(model, where)
+    reject_torch_int8(
+        model,
+        where,
+        converter="coremltools",
+        fix="set `weight_quantization: int8` (or a palettization) on the coreml export",
+    )
     input_names = onnx_input_names(model)
     module = model.model
     if next(module.parameters()).device.type != "cpu":  # trace on the CPU; Core ML gets weights as constants

@@ -6,7 +6,6 @@ The artifact runs in ONNX Runtime (compress.runtime.onnxruntime) and anywhere el
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 import tempfile
 import warnings
@@ -25,6 +24,13 @@ from compress.export.onnx_quantize import (
     calibration_feeds,
     quantize_onnx_dynamic,
     quantize_onnx_static,
+)
+from compress.export.tracing import (
+    LogitsOnly,
+    example_inputs,
+    inference_max_length,
+    onnx_input_names,
+    reject_torch_int8,
 )
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
@@ -152,57 +158,12 @@ def load_onnx_runtime(artifact_dir: Path, ctx: StageContext, model_file: str | N
     )
 
 
-def reject_torch_int8(model: ModelHandle, where: str) -> None:
-    """torch.onnx cannot convert torch's quantized Linear kernels; INT8 belongs in the exporter instead."""
-    if any(t["name"] == "dynamic_int8" for t in model.transforms):
-        raise ExportError(
-            "the model went through the `dynamic_int8` step, whose quantized Linear kernels "
-            "(quantized::linear_dynamic) torch.onnx cannot convert",
-            where=where,
-            fix="put INT8 in the exporter's config instead (`quantize: dynamic` for onnx, `precision: int8` "
-            "for tensorrt) and export the FP32 model: drop the `dynamic_int8` step before this export, or "
-            "set `source:` to the stage before it",
-        )
-
-
-def onnx_input_names(model: ModelHandle) -> list[str]:
-    """Graph inputs: input_ids, attention_mask, and token_type_ids for classifiers whose tokenizer makes them.
-
-    Causal LMs take no token_type_ids and are exported without a KV cache: logits for the whole sequence.
-    """
-    accepted = inspect.signature(model.model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if model.task != "causal-lm" and "token_type_ids" in model.tokenizer.model_input_names:
-        names.append("token_type_ids")
-    return [n for n in names if n in accepted]
-
-
-class LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order and a single logits output, which is what the ONNX graph exposes."""
-
-    def __init__(self, model: torch.nn.Module, input_names: list[str], causal: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = input_names
-        self.extra = {"use_cache": False} if causal else {}
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, inputs, strict=True)), **self.extra).logits
-
-
-def example_inputs(model: ModelHandle, input_names: list[str]) -> tuple[torch.Tensor, ...]:
-    """Two rows of different lengths, so the traced graph keeps the attention-mask path for padded batches."""
-    texts = ["compress exports this model", "a longer second sentence, so the first row gets padding here"]
-    encoded = model.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-    if "token_type_ids" in input_names and "token_type_ids" not in encoded:
-        encoded["token_type_ids"] = torch.zeros_like(encoded["input_ids"])
-    return tuple(encoded[n].to(torch.int64) for n in input_names)
-
-
 def torch_to_onnx(model: ModelHandle, path: Path, *, opset: int, where: str) -> list[str]:
     """Trace the model into `path` with dynamic batch and sequence axes; return the graph's input names."""
     import_optional("onnx", "onnx")
-    reject_torch_int8(model, where)
+    reject_torch_int8(
+        model, where, converter="torch.onnx", fix="set `quantize: dynamic` (onnx) or `precision: int8` (tensorrt)"
+    )
     input_names = onnx_input_names(model)
     causal = model.task == "causal-lm"
     module = model.model
@@ -308,14 +269,6 @@ def check_onnx(path: Path, where: str) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported graph {path.name} is not valid ONNX: {exc}", where=where) from exc
-
-
-def inference_max_length(model: ModelHandle, ctx: StageContext) -> int:
-    """The longest sequence the model will run on: the truncate step's limit or the eval's, within context."""
-    default = ctx.eval_spec.seq_len if model.task == "causal-lm" else ctx.eval_spec.max_length
-    limit = model.max_length or default
-    context = getattr(getattr(model.model, "config", None), "max_position_embeddings", None)
-    return min(limit, context) if context else limit
 
 
 def ort_sample(model: ModelHandle, model_file: str = MODEL_FILE) -> str:

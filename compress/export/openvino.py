@@ -14,7 +14,6 @@ from pydantic import Field, PositiveInt, model_validator
 from compress.errors import CompressError, ExportError
 from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
 from compress.export.deploy import sample_io, write_deploy_notes
-from compress.export.onnx import inference_max_length
 from compress.export.onnx_quantize import calibration_feeds
 from compress.export.openvino_convert import (
     WeightCompression,
@@ -22,6 +21,7 @@ from compress.export.openvino_convert import (
     quantize_int8,
     torch_to_openvino,
 )
+from compress.export.tracing import inference_max_length
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
 from compress.runtime.base import Runtime

@@ -12,29 +12,13 @@ import numpy as np
 import torch
 
 from compress.errors import ExportError
-from compress.export.onnx import LogitsOnly, example_inputs, onnx_input_names
+from compress.export.tracing import LogitsOnly, example_inputs, onnx_input_names, reject_torch_int8
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
 
 WeightCompression = Literal["none", "int8", "int4_sym", "int4_asym"]
 # Our names → nncf.CompressWeightsMode members (INT8_ASYM is NNCF's own default for 8-bit weights).
 WEIGHT_MODES = {"int8": "INT8_ASYM", "int4_sym": "INT4_SYM", "int4_asym": "INT4_ASYM"}
-
-
-def reject_torch_quantized(model: ModelHandle, where: str) -> None:
-    """Torch's quantized Linear kernels (the dynamic_int8 step) trace to packed params no converter reads."""
-    quantized = any(t["name"] == "dynamic_int8" for t in model.transforms) or any(
-        type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.model.modules()
-    )
-    if quantized:
-        raise ExportError(
-            "the model went through the `dynamic_int8` step; OpenVINO cannot convert its PyTorch quantized "
-            "kernels (op quantized::linear_dynamic, stage: torch → OpenVINO IR)",
-            where=where,
-            fix="export the FP32 model and let OpenVINO quantize it: drop the `dynamic_int8` step before "
-            "this export (or set `source:` to the stage before it) and set `quantize: int8` on the openvino "
-            "export",
-        )
 
 
 def describe_conversion_failure(exc: Exception) -> str:
@@ -51,7 +35,7 @@ def describe_conversion_failure(exc: Exception) -> str:
 def torch_to_openvino(model: ModelHandle, where: str) -> tuple[Any, list[str]]:
     """Trace the model into an ov.Model: dynamic (batch, sequence) int64 inputs, one `logits` output."""
     ov = import_optional("openvino", "openvino")
-    reject_torch_quantized(model, where)
+    reject_torch_int8(model, where, converter="OpenVINO", fix="set `quantize: int8` on the openvino export")
     input_names = onnx_input_names(model)
     module = model.model
     if next(module.parameters()).device.type != "cpu":  # trace on the CPU; the IR runs there anyway

@@ -17,8 +17,9 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from compress.errors import ConfigError, ExportError, NotEvaluable
 from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
 from compress.export.deploy import write_deploy_notes
-from compress.export.onnx import MODEL_FILE, check_onnx, inference_max_length, save_onnx, torch_to_onnx
+from compress.export.onnx import MODEL_FILE, check_onnx, save_onnx, torch_to_onnx
 from compress.export.onnx_quantize import CalibrationMethod, calibration_feeds, quantize_onnx_static
+from compress.export.tracing import inference_max_length
 from compress.io import atomic_write_bytes
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional

@@ -225,3 +225,16 @@ def test_deploy_sample_runs_against_the_artifact(bert, tmp_path, capsys):
     exec(compile(code, "deploy-sample", "exec"), {})  # the snippet users copy from deploy.md
     printed = capsys.readouterr().out
     assert printed.strip().startswith("[")  # one predicted label per example sentence
+
+
+def test_runtime_fills_token_type_ids_and_names_a_missing_input(bert, sst2_dev, tmp_path):
+    from compress.errors import DataError
+
+    _, runtime = export(bert, tmp_path)
+    batch = batches(bert, sst2_dev.head(4), 4)[0]
+    full = runtime.predict(batch)
+    without_segments = {k: v for k, v in batch.items() if k != "token_type_ids"}
+    assert np.array_equal(runtime.predict(without_segments), full)  # zeros, as the tokenizer gives
+    with pytest.raises(DataError, match="has no 'attention_mask'") as info:
+        runtime.predict({"input_ids": batch["input_ids"]})
+    assert "tokenizer saved next to the model" in str(info.value)

@@ -13,6 +13,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from compress.config import Task
+from compress.errors import DataError
 
 
 class Runtime(ABC):
@@ -50,3 +51,22 @@ class Runtime(ABC):
 
     def describe(self) -> dict[str, str]:
         return {"runtime": self.name, "device": self.device}
+
+
+def graph_inputs(
+    batch: Mapping[str, np.ndarray], input_names: list[str], model_name: str, dtype: type = np.int64
+) -> dict[str, np.ndarray]:
+    """The arrays an exported graph takes, in its dtype; single-segment inputs get all-zero token_type_ids,
+    as the tokenizer would give."""
+    feed = {}
+    for name in input_names:
+        if name in batch:
+            feed[name] = np.ascontiguousarray(batch[name], dtype=dtype)
+        elif name == "token_type_ids":
+            feed[name] = np.zeros(np.shape(batch["input_ids"]), dtype=dtype)
+        else:
+            raise DataError(
+                f"the batch has no '{name}', which {model_name} takes as input",
+                fix="tokenize with the tokenizer saved next to the model",
+            )
+    return feed

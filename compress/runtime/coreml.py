@@ -10,10 +10,10 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from compress.config import Task
-from compress.errors import DataError, NotEvaluable
+from compress.errors import NotEvaluable
 from compress.models.size import directory_bytes
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, graph_inputs
 
 COMPUTE_UNITS = {
     "all": "ALL",
@@ -64,17 +64,8 @@ class CoreMLRuntime(Runtime):
         self.input_names = [i.name for i in self.model.get_spec().description.input]
 
     def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        feed = {}
-        for name in self.input_names:
-            if name in batch:
-                feed[name] = np.ascontiguousarray(batch[name], dtype=np.int32)  # Core ML has no int64 inputs
-            elif name == "token_type_ids":
-                feed[name] = np.zeros(np.shape(batch["input_ids"]), dtype=np.int32)
-            else:
-                raise DataError(
-                    f"the batch has no '{name}', which {self.package.name} takes as input",
-                    fix="tokenize with the tokenizer saved next to the model",
-                )
+        # Core ML has no int64 inputs
+        feed = graph_inputs(batch, self.input_names, self.package.name, dtype=np.int32)
         return np.asarray(self.model.predict(feed)["logits"], dtype=np.float32)
 
     def size_bytes(self) -> int:

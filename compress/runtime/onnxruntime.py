@@ -9,9 +9,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from compress.config import Task
-from compress.errors import DataError
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, graph_inputs
 
 
 class OnnxRuntime(Runtime):
@@ -46,17 +45,7 @@ class OnnxRuntime(Runtime):
         self.output_name = self.session.get_outputs()[0].name
 
     def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        feed = {}
-        for name in self.input_names:
-            if name in batch:
-                feed[name] = np.ascontiguousarray(batch[name], dtype=np.int64)
-            elif name == "token_type_ids":  # single-segment input: all zeros, as the tokenizer would give
-                feed[name] = np.zeros(np.shape(batch["input_ids"]), dtype=np.int64)
-            else:
-                raise DataError(
-                    f"the batch has no '{name}', which {self.model_path.name} takes as input",
-                    fix="tokenize with the tokenizer saved next to the model",
-                )
+        feed = graph_inputs(batch, self.input_names, self.model_path.name)
         (logits,) = self.session.run([self.output_name], feed)
         return np.asarray(logits, dtype=np.float32)
 

@@ -11,9 +11,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from compress.config import Task
-from compress.errors import DataError
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, graph_inputs
 
 PerformanceHint = Literal["latency", "throughput"]
 InferencePrecision = Literal["f32", "auto"]
@@ -54,22 +53,8 @@ class OpenVinoRuntime(Runtime):
         self.queue = ov.AsyncInferQueue(self.compiled, streams) if performance_hint == "throughput" else None
         self.streams = streams
 
-    def _feed(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {}
-        for name in self.input_names:
-            if name in batch:
-                feed[name] = np.ascontiguousarray(batch[name], dtype=np.int64)
-            elif name == "token_type_ids":  # single-segment input: all zeros, as the tokenizer would give
-                feed[name] = np.zeros(np.shape(batch["input_ids"]), dtype=np.int64)
-            else:
-                raise DataError(
-                    f"the batch has no '{name}', which {self.model_path.name} takes as input",
-                    fix="tokenize with the tokenizer saved next to the model",
-                )
-        return feed
-
     def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        feed = self._feed(batch)
+        feed = graph_inputs(batch, self.input_names, self.model_path.name)
         rows = len(feed[self.input_names[0]])
         if self.queue is not None and rows >= 2 * self.streams:
             return self._predict_split(feed, rows)

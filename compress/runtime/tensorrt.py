@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from compress.config import Task
 from compress.errors import DataError, NotEvaluable
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, graph_inputs
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -85,12 +85,7 @@ class TensorRTRuntime(Runtime):
         return logits.numpy()
 
     def _input(self, batch: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-        if name in batch:
-            array = np.ascontiguousarray(batch[name])
-        elif name == "token_type_ids":
-            array = np.zeros(np.shape(batch["input_ids"]), dtype=np.int64)
-        else:
-            raise DataError(f"the batch has no '{name}', which the TensorRT engine takes as input")
+        array = graph_inputs(batch, [name], self.engine_path.name)[name]
         limit = self._max_shapes[name]
         if any(got > most for got, most in zip(array.shape, limit, strict=True)):
             raise DataError(

@@ -100,6 +100,7 @@ class Runner:
             device=self.device,
             work_dir=self.store.work_dir(key),
             seed=self.recipe.seed,
+            base_dir=self.recipe.base_dir,
         )
 
     def _evaluate(

@@ -40,6 +40,7 @@ class StageContext:
     device: torch.device
     work_dir: Path
     seed: int = 0
+    base_dir: Path = Path()  # relative paths in step settings are relative to the recipe's folder
 
     @property
     def primary_metric(self) -> str:

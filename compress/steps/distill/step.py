@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -16,7 +17,8 @@ from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.models.load import load_model
 from compress.steps.base import StageContext, Step
-from compress.steps.distill.config import DistillConfig, LayerStudent, SmallerStudent, StudentSpec
+from compress.steps.distill.augment import augment_texts, nearest_neighbours, replaceable_words
+from compress.steps.distill.config import AugmentSettings, DistillConfig, LayerStudent, SmallerStudent, StudentSpec
 from compress.steps.distill.objective import DistillationObjective, LossWeights, TeacherOutputs
 from compress.steps.distill.student import encoder_layers, select_layers, smaller_student
 from compress.steps.distill.teacher_cache import cached_teacher_logits
@@ -44,7 +46,8 @@ class Distill(Step):
         set_seed(seed)
         student, tokenizer = build_student(cfg.student, teacher, teacher_handle, seed)
         student.requires_grad_(True)  # a student copied from the teacher inherits its frozen flags
-        data = self._training_data(ctx, teacher.config.num_labels)
+        student.get_input_embeddings().requires_grad_(not cfg.freeze_embeddings)
+        data = self._training_data(ctx, teacher, teacher_handle.tokenizer, seed)
         online = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0
         if online and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher_handle.tokenizer):
             raise ConfigError(
@@ -124,24 +127,32 @@ class Distill(Step):
         spec = ModelSpec(self.config.teacher, num_labels=model.model.config.num_labels)
         return load_model(spec, model.label_names)
 
-    def _training_data(self, ctx: StageContext, num_labels: int) -> TextData:
-        """The train split, followed by the unlabeled texts (label -100: no cross-entropy on them)."""
+    def _training_data(
+        self, ctx: StageContext, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int
+    ) -> TextData:
+        """The train split, then unlabeled and augmented texts (label -100: learned from the teacher alone)."""
         data = ctx.train_data()
-        check_labels(data, num_labels, "distill")
-        if self.config.unlabeled is None:
-            return data
-        if data.pairs is not None:
+        check_labels(data, teacher.config.num_labels, "distill")
+        if data.pairs is not None and (self.config.unlabeled or self.config.augment):
             raise ConfigError(
-                "unlabeled text cannot be added to a sentence-pair task",
-                where="steps.distill.unlabeled",
-                fix="remove `unlabeled`, or distill on the train split alone",
+                "unlabeled and augmented text cannot be added to a sentence-pair task",
+                where="steps.distill.unlabeled" if self.config.unlabeled else "steps.distill.augment",
+                fix="remove `unlabeled` and `augment`, or distill on the train split alone",
             )
-        extra = read_unlabeled(self.config.unlabeled, self.config.unlabeled_column, self.config.unlabeled_limit)
+        extra: list[str] = []
+        if self.config.unlabeled is not None:
+            path = ctx.base_dir / Path(self.config.unlabeled).expanduser()  # an absolute path stays as it is
+            extra += read_unlabeled(path, self.config.unlabeled_column, self.config.unlabeled_limit)
+        if self.config.augment is not None:
+            extra += augmented_copies(data.texts, tokenizer, teacher, self.config.augment, seed)
+        if not extra:
+            return data
+        sources = [data.source, self.config.unlabeled, "augmented" if self.config.augment else None]
         return TextData(
             texts=data.texts + extra,
             labels=[*(data.labels or []), *([IGNORE_LABEL] * len(extra))],
             label_names=data.label_names,
-            source=f"{data.source}+{self.config.unlabeled}",
+            source="+".join(s for s in sources if s),
             split=data.split,
         )
 
@@ -163,6 +174,18 @@ class Distill(Step):
             )
         teacher.cpu()  # not needed on the accelerator any more
         return logits
+
+
+def augmented_copies(
+    texts: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: PreTrainedModel,
+    settings: AugmentSettings,
+    seed: int,
+) -> list[str]:
+    words = replaceable_words(texts, tokenizer)
+    neighbours = nearest_neighbours(words, tokenizer, teacher.get_input_embeddings().weight, settings.neighbours)
+    return augment_texts(texts, neighbours, settings.copies, settings.replace_prob, seed)
 
 
 def build_student(

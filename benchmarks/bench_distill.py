@@ -8,11 +8,10 @@ Targets (issue): final artifact ≥ 99 % of the teacher's accuracy at ≥ 10x it
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from recipe_bench import REPO, run_benchmark, throughput
+from recipe_bench import REPO, parse_args, recipe_overrides, run_benchmark, throughput
 
 from compress.result import StageResult
 
@@ -55,26 +54,14 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--gpu", action="store_true", help="train and evaluate PyTorch stages on CUDA")
-    parser.add_argument("--train-limit", type=int, default=None, help="override data.train_limit (0 = all rows)")
-    parser.add_argument("--model", default=None, help="override model.source (e.g. a local copy)")
-    parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
-    overrides: dict[str, Any] = {}
-    if args.gpu:
-        overrides |= {"evaluate.device": "cuda", "evaluate.threads": None}
-    if args.train_limit is not None:
-        overrides["data.train_limit"] = args.train_limit or None
-    if args.model:
-        overrides["model.source"] = args.model
+    args = parse_args(__doc__)
     name = "distill-bert-then-int8" + ("-gpu" if args.gpu else "")
     record = run_benchmark(
         name,
         REPO / "recipes" / "distill-bert-then-int8.yaml",
         args.output or Path(f"runs/bench-{name}"),
         summarize,
-        overrides,
+        recipe_overrides(args),
         title=f"distill-BERT-then-INT8 ({'GPU' if args.gpu else 'CPU'})",
     )
     print(record["summary"])

@@ -7,11 +7,10 @@ where they run) on one fine-tuned SST-2 classifier, side by side in one run.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from recipe_bench import ROOT, run_benchmark, throughput
+from recipe_bench import ROOT, parse_args, recipe_overrides, run_benchmark, throughput
 
 from compress.result import StageResult
 
@@ -40,26 +39,14 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--gpu", action="store_true", help="evaluate PyTorch stages on CUDA")
-    parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--model", default=None, help="override model.source (e.g. a local copy)")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     name = "exports-gpu" if args.gpu else "exports-cpu"
-    overrides: dict[str, Any] = {"evaluate.device": "cuda"} if args.gpu else {}
-    if args.gpu:
-        overrides["evaluate.threads"] = None
-    if args.train_limit:
-        overrides["data.train_limit"] = args.train_limit
-    if args.model:
-        overrides["model.source"] = args.model
     record = run_benchmark(
         name,
         ROOT / "recipes" / "exports-cpu.yaml",
         args.output or Path(f"runs/bench-{name}"),
         summarize,
-        overrides,
+        recipe_overrides(args),
         title=f"Export benchmark ({'GPU' if args.gpu else 'CPU'})",
     )
     print(record["summary"])

@@ -6,6 +6,7 @@ under docs/benchmarks/. The benchmark scripts only choose the recipe and the sum
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -73,6 +74,28 @@ def markdown_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
         cells += [fmt(row["size_mb"]), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def parse_args(description: str | None) -> argparse.Namespace:
+    """The options every recipe benchmark takes: where PyTorch stages run, the data and model, the output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--gpu", action="store_true", help="train and evaluate PyTorch stages on CUDA")
+    parser.add_argument("--train-limit", type=int, default=None, help="override data.train_limit (0 = all rows)")
+    parser.add_argument("--model", default=None, help="override model.source (e.g. a local copy)")
+    parser.add_argument("--output", type=Path, default=None)
+    return parser.parse_args()
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `--set`-style recipe overrides those options stand for."""
+    overrides: dict[str, Any] = {}
+    if args.gpu:
+        overrides |= {"evaluate.device": "cuda", "evaluate.threads": None}
+    if args.train_limit is not None:
+        overrides["data.train_limit"] = args.train_limit or None
+    if args.model:
+        overrides["model.source"] = args.model
+    return overrides
 
 
 def run_benchmark(

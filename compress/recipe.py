@@ -87,6 +87,14 @@ class Recipe:
                     )
                 seen.add(name)
         step_names = ["baseline", *(step.label for step in self.steps)]
+        for i, step in enumerate(self.steps):
+            earlier = step_names[: i + 1]
+            if step.config.source is not None and step.config.source not in earlier:
+                raise ConfigError(
+                    f"step source '{step.config.source}' is not an earlier stage of this recipe",
+                    where=f"steps[{i}].{step.name}.source",
+                    fix=f"use one of: {', '.join(earlier)}",
+                )
         for i, exporter in enumerate(self.exports):
             if exporter.config.source is not None and exporter.config.source not in step_names:
                 raise ConfigError(

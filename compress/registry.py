@@ -1,7 +1,8 @@
-"""Name → class registries for steps, exporters and metrics, with entry-point discovery.
+"""Name → class registries for steps, exporters, metrics and tasks, with entry-point discovery.
 
-Third-party packages register through the `compress.steps`, `compress.exporters` and `compress.metrics`
-entry-point groups; the built-ins register the same way (see pyproject.toml), so there is one path for both.
+Third-party packages register through the `compress.steps`, `compress.exporters`, `compress.metrics` and
+`compress.tasks` entry-point groups; the built-ins register the same way (see pyproject.toml), so there is one
+path for both.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(set(self._items) | set(self._available()))
+
+    def unknown(self, name: str) -> str | None:
+        """None when `name` is registered, else the message for it: a did-you-mean hint and what exists.
+
+        Schemas validate names with this without importing the plugin behind the name.
+        """
+        if name in self._items or name in self._available():
+            return None
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown {self.kind} '{name}'{hint}; use one of: {', '.join(self.names())}"
 
     def get(self, name: str, *, where: str | None = None) -> T:
         if name in self._items:
@@ -80,3 +92,4 @@ class Registry(Generic[T]):
 STEPS: Registry = Registry("step", "compress.steps")
 EXPORTERS: Registry = Registry("exporter", "compress.exporters")
 METRICS: Registry = Registry("metric", "compress.metrics")
+TASKS: Registry = Registry("task", "compress.tasks")

@@ -52,16 +52,30 @@ class StageResult(BaseModel):
     primary_metric: str | None = None
     higher_is_better: bool = True
     latency: dict[str, LatencyStats] = Field(default_factory=dict)
-    size_mb: float | None = None
+    size_mb: float | None = Field(
+        None,
+        description="The model on disk: a saved step's weight files, an artifact's model files; the baseline "
+        "(never saved by compress) counts its tensors' bytes in memory.",
+    )
     num_parameters: int | None = None
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = Field(None, description="Peak memory while the stage was evaluated.")
+    step_peak_memory_mb: float | None = Field(
+        None, description="Peak process RSS while the step or export ran (not its evaluation)."
+    )
+    step_peak_cuda_memory_mb: float | None = Field(
+        None, description="Peak CUDA memory PyTorch allocated while the step or export ran (runs on CUDA only)."
+    )
     duration_s: float = Field(0.0, description="Time to apply the step or export (cached: the original time).")
     eval_duration_s: float | None = None
     runtime: str | None = None
     device: str | None = None
     threads: int | None = None
     eval_samples: int | None = None
-    max_abs_diff: float | None = Field(None, description="Largest logit difference vs. the source stage.")
+    max_abs_diff: float | None = Field(
+        None,
+        description="Largest difference of the task's outputs vs. the source stage: logits for classification, "
+        "per-window mean NLL for causal LM.",
+    )
     prediction_agreement: float | None = Field(None, description="Share of argmax predictions equal to the source's.")
     metric_delta: float | None = Field(None, description="Primary metric minus the reference stage's.")
     artifact: str | None = Field(None, description="Directory of this stage's model or exported artifact.")

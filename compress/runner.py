@@ -3,15 +3,20 @@
 Every finished stage is on disk (model or artifact, result.json, outputs.npy) under its content key, so a
 re-run, or a run after a crash, skips straight to the first unfinished stage. Reports are rewritten after
 every stage, so even an interrupted run leaves a readable report of what finished.
+
+Steps transform the model they are given in place (a 7B model is not copied per stage), so handing a stage's
+model to the next step consumes it: from then on that stage is reloaded from its saved folder (the baseline
+from its source) when an export names it. At most the current stage's model is kept in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,12 +29,14 @@ from compress.data.provider import DataProvider
 from compress.distributed import barrier, from_main, is_main_process, local_device
 from compress.environment import environment
 from compress.errors import CompressError, NotEvaluable
+from compress.evaluate.memory import PeakMemory
 from compress.gates import check_gate
 from compress.io import atomic_directory
 from compress.models.handle import ModelHandle
 from compress.result import RunReport, StageResult
 from compress.runtime.base import Runtime
 from compress.steps.base import StageContext
+from compress.tasks import get_task
 
 if TYPE_CHECKING:
     from compress.recipe import Recipe
@@ -76,8 +83,9 @@ class Runner:
             )
         self.device = local_device(torch.device("cuda" if want_cuda else "cpu"))
         self.data = DataProvider(recipe.data, recipe.model.task, recipe.base_dir, recipe.seed)
+        self.task = get_task(recipe.model.task)
         self.stages: list[StageResult] = []
-        # stage name → (its folder, its model or a loader for it, its content key)
+        # stage name → (its folder, its model in memory or a loader for it, its content key)
         self.models: dict[str, tuple[Path, ModelHandle | Callable[[], ModelHandle], str]] = {}
         self.started = time.perf_counter()
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -112,11 +120,9 @@ class Runner:
             return result
         evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
         result = result.apply_evaluation(evaluation)
-        if source_outputs is not None and source_outputs.shape == outputs.shape:
-            result.max_abs_diff = float(np.max(np.abs(source_outputs - outputs))) if outputs.size else 0.0
-            if outputs.ndim == 2:
-                agree = source_outputs.argmax(-1) == outputs.argmax(-1)
-                result.prediction_agreement = float(agree.mean())
+        if source_outputs is not None:
+            fidelity = self.task.fidelity(source_outputs, outputs)
+            result.max_abs_diff, result.prediction_agreement = fidelity.max_abs_diff, fidelity.agreement
         self.store.save_outputs(stage_dir, outputs)
         return result
 
@@ -148,10 +154,18 @@ class Runner:
         return result.model_copy(update={"cached": True, "status": status, "message": message})
 
     def _model(self, name: str) -> ModelHandle:
+        """The stage's model, loaded (and then kept) if it is not in memory."""
         stage_dir, handle, key = self.models[name]
         if callable(handle):
             handle = handle()
             self.models[name] = (stage_dir, handle, key)
+        return handle
+
+    def _consume(self, name: str) -> ModelHandle:
+        """The stage's model for a step, which may transform it in place: the stage reloads if named again."""
+        handle = self._model(name)
+        self._release(name)
+        handle.saved_dir = None  # the step may change these weights; the runner sets it once they are saved
         return handle
 
     # ---------------------------------------------------------------- the loop
@@ -173,24 +187,29 @@ class Runner:
 
         for index, step in enumerate(recipe.steps, start=1):
             barrier()  # every process sees the same finished stages
-            key = stable_hash(key, step.cache_key())
+            source_name = step.config.source or previous_name  # Recipe checked it is an earlier stage
+            if source_name != previous_name:
+                self._release(previous_name)  # not needed in memory: it reloads if an export names it
+            source_dir, _, source_key = self.models[source_name]
+            key = stable_hash(source_key, step.cache_key())
             stage_dir = self.store.stage_dir(index, step.label, key)
             result = self._cached(stage_dir, "model")
             if result is None:
                 result, handle = self._run_step(
                     step,
-                    self._model(previous_name),
+                    self._consume(source_name),
                     key,
                     stage_dir,
-                    self.store.load_outputs(self.models[previous_name][0]),
+                    self.store.load_outputs(source_dir),
+                    source_name,
                 )
             else:
                 handle = _lazy_load(stage_dir / "model")
+                self._release(source_name)
                 log.info("stage %s: cached", step.label)
-            previous = self.stages[-1]
+            previous = next(s for s in self.stages if s.name == source_name)
             self.stages.append(result)
             self.models[result.name] = (stage_dir, handle, key)
-            self._release(previous_name)
             previous_name = result.name
             if step.sets_reference:
                 reference = result
@@ -209,8 +228,9 @@ class Runner:
             self._write_report()
 
         if stopped is None and is_main_process():
+            sources = [exporter.config.source or previous_name for exporter in recipe.exports]
             for offset, exporter in enumerate(recipe.exports, start=len(recipe.steps) + 1):
-                source_name = exporter.config.source or previous_name  # Recipe checked it exists
+                source_name = sources[offset - len(recipe.steps) - 1]  # Recipe checked it exists
                 source_dir, _, source_key = self.models[source_name]
                 export_key = stable_hash(source_key, exporter.cache_key())
                 stage_dir = self.store.stage_dir(offset, f"export-{exporter.label}", export_key)
@@ -235,6 +255,9 @@ class Runner:
                 if result.status == "ok" and failure:
                     result.status, result.message = "gate_failed", failure
                 self.stages.append(result)
+                later = sources[offset - len(recipe.steps) :]
+                if source_name != previous_name and source_name not in later:
+                    self._release(source_name)  # an earlier stage reloaded for this export: not needed again
                 self._write_report()
 
         report = self._write_report(stopped)
@@ -243,7 +266,7 @@ class Runner:
         return RunResult(report=report, output_dir=self.output_dir, final_model_dir=final_dir)
 
     def _release(self, name: str) -> None:
-        """Drop an earlier stage's model from memory (it reloads from disk if an export names it)."""
+        """Forget a stage's in-memory model: it reloads from its folder (the baseline from its source)."""
         stage_dir, handle, key = self.models[name]
         if not callable(handle):
             loader = self._load_source if name == "baseline" else _lazy_load(stage_dir / "model")
@@ -270,36 +293,48 @@ class Runner:
     def _load_source(self) -> ModelHandle:
         from compress.models.load import load_model
 
-        labels = self.data.eval.label_names if self.recipe.model.task == "text-classification" else None
-        handle = load_model(self.recipe.model, label_names=labels)
+        # The evaluation split's label names size a classifier's head; tasks without labels have none.
+        handle = load_model(self.recipe.model, label_names=self.data.eval.label_names)
         if handle.max_length is None:
             context = getattr(handle.model.config, "max_position_embeddings", None)
             handle.max_length = min(self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length)
         return handle
 
     def _run_step(
-        self, step, handle: ModelHandle, key: str, stage_dir: Path, source_outputs: np.ndarray | None
+        self,
+        step,
+        handle: ModelHandle,
+        key: str,
+        stage_dir: Path,
+        source_outputs: np.ndarray | None,
+        source_name: str,
     ) -> tuple[StageResult, ModelHandle]:
-        from compress.models.serialize import save_handle
+        from compress.models.serialize import load_handle, save_handle
 
         log.info("stage %s: applying", step.label)
         started = time.perf_counter()
         step.progress = self.progress
-        new_handle = step.apply(handle, self._context(key))
+        with self._peak_memory() as memory:
+            new_handle = step.apply(handle, self._context(key))
         duration = time.perf_counter() - started
         if is_main_process():
             with atomic_directory(stage_dir / "model") as tmp:
                 save_handle(new_handle, tmp)
         barrier()
+        if step.evaluate_saved:
+            # What is evaluated is what was written: a bug in the checkpoint format shows as a bad stage.
+            new_handle = load_handle(stage_dir / "model")
+        new_handle.saved_dir = stage_dir / "model"  # its size is now the bytes of these files
         result = StageResult(
             name=step.label,
             kind="step",
             step=step.name,
             config=step.config.model_dump(mode="json"),
             duration_s=duration,
-            source=self.stages[-1].name,
+            source=source_name,
             artifact=str(stage_dir / "model"),
             details=step.details(),
+            **memory,
         )
         result = self._evaluate(result, self._runtime(new_handle), stage_dir, source_outputs)
         self.store.save_result(stage_dir, result)
@@ -326,8 +361,9 @@ class Runner:
         ctx = self._context(key)
         started = time.perf_counter()
         try:
-            with atomic_directory(stage_dir / "artifact") as tmp:
+            with self._peak_memory() as memory, atomic_directory(stage_dir / "artifact") as tmp:
                 exporter.export(handle, ctx, tmp)
+            result = result.model_copy(update=memory)
             result.duration_s = time.perf_counter() - started
             runtime = exporter.load_runtime(stage_dir / "artifact", ctx)
         except NotEvaluable as exc:
@@ -352,12 +388,27 @@ class Runner:
             self.store.save_result(stage_dir, result)
         return result
 
+    @contextlib.contextmanager
+    def _peak_memory(self) -> Iterator[dict[str, float | None]]:
+        """Peak process RSS, and on CUDA the allocator's peak, while the block runs (a step or an export).
 
-def _lazy_load(model_dir: Path):
+        Yields a dict that holds the StageResult fields once the block has finished.
+        """
+        fields: dict[str, float | None] = {}
+        cuda = PeakMemory("cuda") if self.device.type == "cuda" else contextlib.nullcontext(None)
+        with PeakMemory("cpu") as rss, cuda as gpu:
+            yield fields
+        fields["step_peak_memory_mb"] = rss.peak_mb
+        fields["step_peak_cuda_memory_mb"] = gpu.peak_mb if gpu is not None else None
+
+
+def _lazy_load(model_dir: Path) -> Callable[[], ModelHandle]:
     def load() -> ModelHandle:
         from compress.models.serialize import load_handle
 
-        return load_handle(model_dir)
+        handle = load_handle(model_dir)
+        handle.saved_dir = model_dir
+        return handle
 
     return load
 

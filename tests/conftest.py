@@ -102,3 +102,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def wiki() -> TextData:
+    """The first 300 non-blank lines of WikiText-2 test: calibration text for the quantization tests."""
+    rows = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()][:300]
+    return TextData(rows, source="wiki.test.raw")

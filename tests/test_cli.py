@@ -49,8 +49,11 @@ def test_list_shows_builtins():
         "coreml",
         "accuracy",
         "perplexity",
+        "text-classification",
+        "causal-lm",
     ):
         assert name in proc.stdout
+    assert "tasks:" in proc.stdout
 
 
 def test_reference_doc_is_up_to_date():
@@ -86,3 +89,25 @@ def test_eval_one_model_without_steps(tmp_path, tiny_bert):
     )
     assert proc.returncode == 0, proc.stderr
     assert "baseline" in proc.stdout and (tmp_path / "out" / "report.json").exists()
+
+
+def test_eval_a_causal_lm_defaults_to_perplexity_at_any_batch_size(tmp_path, tiny_llama):
+    import json
+
+    tiny_llama.model.save_pretrained(tmp_path / "m")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "m")
+    text = tmp_path / "wiki.txt"
+    text.write_text("\n".join((REPO / "evals/data/wikitext-2-raw/wiki.test.raw").read_text().splitlines()[:30]))
+    proc = run_cli(
+        "eval", str(tmp_path / "m"), "--data", str(text), "--task", "causal-lm", "--batch-size", "1",
+        "--batch-size", "2", "--output", str(tmp_path / "out"), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (baseline,) = json.loads((tmp_path / "out" / "report.json").read_text())["stages"]
+    assert baseline["primary_metric"] == "perplexity" and set(baseline["latency"]) == {"1", "2"}
+
+
+def test_eval_names_an_unknown_task(tmp_path):
+    proc = run_cli("eval", "m", "--data", "d.txt", "--task", "causal_lm", "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--task: unknown task 'causal_lm' (did you mean 'causal-lm'?)" in proc.stderr

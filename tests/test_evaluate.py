@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
 from compress.config import EvalSpec
 from compress.data.text_data import TextData
 from compress.errors import DataError
-from compress.evaluate import evaluate, score
+from compress.evaluate import evaluate, perplexity, score
 from compress.evaluate.memory import PeakMemory
 from compress.models.handle import ModelHandle
+from compress.runtime.base import HiddenStates
 from compress.runtime.torch import TorchRuntime
 
 WIKITEXT = Path(__file__).resolve().parents[1] / "evals" / "data" / "wikitext-2-raw" / "wiki.test.raw"
@@ -220,6 +222,137 @@ def test_perplexity_window_is_capped_by_model_context(tiny_llama: ModelHandle) -
     scores = score(runtime, data, EvalSpec(batch_sizes=[2]))  # default seq_len 2048, default metric
     assert {call["input_ids"][0][1] for call in runtime.calls} == {32}
     assert scores["perplexity"] == pytest.approx(reference_perplexity(tiny_llama, data, 32, 32)[0], rel=1e-5)
+
+
+def naive_perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int) -> float:
+    """The textbook formula: exp of the mean token NLL, from each window's full (seq, vocab) logits in float64."""
+    nll: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for begin in range(0, ids.numel() - seq_len + 1, seq_len):
+            window = ids[begin : begin + seq_len]
+            log_probs = torch.log_softmax(model(window[None]).logits[0].double(), dim=-1)
+            nll.append(-log_probs[torch.arange(seq_len - 1), window[1:]])
+    return math.exp(float(torch.cat(nll).mean()))
+
+
+def joined_ids(handle: ModelHandle, data: TextData) -> torch.Tensor:
+    return handle.tokenizer("\n\n".join(data.texts), return_tensors="pt").input_ids[0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_on_device_perplexity_equals_the_naive_formula(tiny_llama: ModelHandle, batch_size: int) -> None:
+    data = wikitext_slice(12)
+    runtime = TorchRuntime(tiny_llama)
+    outputs = runtime.predict({"input_ids": np.zeros((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)})
+    assert isinstance(outputs, HiddenStates)  # Llama's head alone gives its logits: no logits are made
+    spec = EvalSpec(metric="perplexity", seq_len=64, batch_sizes=[batch_size], warmup_batches=0)
+    evaluation, window_nll = evaluate(runtime, data, spec, progress=False)
+    expected = naive_perplexity(tiny_llama.model, joined_ids(tiny_llama, data), 64)
+    assert len(window_nll) >= 5 and window_nll.dtype == np.float64
+    assert evaluation.metrics["perplexity"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_lm_head_only_ever_sees_a_chunk_of_positions(
+    tiny_llama: ModelHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full (batch, seq, vocab) logits are never materialised: the head runs on at most a chunk of positions."""
+    data = wikitext_slice(12)
+    vocab = tiny_llama.tokenizer.vocab_size
+    monkeypatch.setattr(perplexity, "_CHUNK_ELEMENTS", 16 * vocab)  # 16 positions per chunk
+    runtime = TorchRuntime(tiny_llama)  # its probe of the head ran before the hook below
+    seen: list[tuple[int, ...]] = []
+    hook = tiny_llama.model.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: seen.append(tuple(inputs[0].shape))
+    )
+    try:
+        scores = score(runtime, data, EvalSpec(seq_len=64, batch_sizes=[4]))
+    finally:
+        hook.remove()
+    assert seen and all(len(shape) == 2 and shape[0] <= 16 for shape in seen)
+    windows = joined_ids(tiny_llama, data).numel() // 64
+    assert sum(shape[0] for shape in seen) == windows * 63  # every scored position exactly once
+    assert scores["perplexity"] == pytest.approx(
+        naive_perplexity(tiny_llama.model, joined_ids(tiny_llama, data), 64), rel=1e-5
+    )
+
+
+class HalvedLogitsLlama(LlamaForCausalLM):
+    """Scales its logits after the head (as Cohere or Gemma 2's soft-capping do): the head alone is not enough."""
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        outputs.logits = outputs.logits * 0.5
+        return outputs
+
+
+def test_models_that_change_logits_after_the_head_are_scored_from_their_logits(tiny_llama: ModelHandle) -> None:
+    model = HalvedLogitsLlama(tiny_llama.model.config).eval()
+    model.load_state_dict(tiny_llama.model.state_dict())
+    handle = tiny_llama.replace(model=model)
+    runtime = TorchRuntime(handle)
+    batch = {"input_ids": np.zeros((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)}
+    assert isinstance(runtime.predict(batch), torch.Tensor)  # the probe saw the mismatch: full logits
+    data = wikitext_slice(12)
+    scores = score(runtime, data, EvalSpec(seq_len=64, batch_sizes=[4]))
+    assert scores["perplexity"] == pytest.approx(naive_perplexity(model, joined_ids(handle, data), 64), rel=1e-5)
+
+
+def test_the_reduction_reads_numpy_logits_tensors_and_hidden_states_alike(tiny_llama: ModelHandle) -> None:
+    ids = joined_ids(tiny_llama, wikitext_slice(12))[: 3 * 32].reshape(3, 32)
+    starts = np.array([1, 1, 17])  # the last window scores only its second half (a strided window)
+    with torch.inference_mode():
+        base = tiny_llama.model.base_model(ids, use_cache=False)[0]
+        logits = tiny_llama.model(ids).logits
+    head = tiny_llama.model.get_output_embeddings()
+    states = HiddenStates(base, head, tiny_llama.tokenizer.vocab_size)
+    from_numpy = perplexity.window_mean_nll(logits.numpy(), ids.numpy(), starts)
+    from_tensor = perplexity.window_mean_nll(logits, ids.numpy(), starts)
+    from_states = perplexity.window_mean_nll(states, ids.numpy(), starts)
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    expected = [
+        float(-log_probs[row, start - 1 : -1].gather(-1, ids[row, start:, None]).mean())
+        for row, start in enumerate(starts)
+    ]
+    np.testing.assert_allclose(from_numpy, expected, rtol=1e-6)
+    np.testing.assert_allclose(from_tensor, expected, rtol=1e-6)
+    np.testing.assert_allclose(from_states, expected, rtol=1e-5)
+
+
+def test_the_wikitext_task_runs_at_batch_sizes_above_one(tiny_llama: ModelHandle, tmp_path: Path) -> None:
+    import compress as cx
+
+    tiny_llama.model.save_pretrained(tmp_path / "llama")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "llama")
+    task = Path(__file__).resolve().parents[1] / "evals" / "tasks" / "wikitext2.yaml"
+    recipe = cx.Recipe.from_dict(
+        {
+            "task": str(task),
+            "model": {"source": str(tmp_path / "llama"), "task": "causal-lm"},
+            "data": {"limit": 40},
+            "evaluate": {"seq_len": 64, "warmup_batches": 0, "threads": 1},
+            "steps": ["dynamic_int8"],
+        }
+    )
+    assert recipe.evaluate.batch_sizes == [1, 4]
+    result = recipe.run(tmp_path / "run", progress=False)
+    baseline, quantized = result["baseline"], result["dynamic_int8"]
+    data = TextData([t for t in WIKITEXT.read_text(encoding="utf-8").splitlines()[:40]])
+    expected = naive_perplexity(tiny_llama.model, joined_ids(tiny_llama, data), 64)
+    assert set(baseline.latency) == {"1", "4"} and baseline.primary_metric == "perplexity"
+    assert baseline.metrics["perplexity"] == pytest.approx(expected, rel=1e-5)  # scored at batch 4
+    assert quantized.status == "ok" and quantized.max_abs_diff > 0  # max |Δ mean NLL| vs. the baseline
+    assert quantized.prediction_agreement is None  # an LM has no single prediction per window
+
+
+@pytest.mark.gpu
+def test_perplexity_on_cuda_matches_the_cpu(tiny_llama: ModelHandle) -> None:
+    data = wikitext_slice(12)
+    spec = EvalSpec(seq_len=64, batch_sizes=[4])
+    on_cpu = score(TorchRuntime(tiny_llama), data, spec)["perplexity"]
+    runtime = TorchRuntime(tiny_llama, "cuda")
+    outputs = runtime.predict({"input_ids": np.zeros((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)})
+    assert isinstance(outputs, HiddenStates) and outputs.states.device.type == "cuda"  # reduced on the GPU
+    assert score(runtime, data, spec)["perplexity"] == pytest.approx(on_cpu, rel=1e-4)
 
 
 def test_peak_memory_sees_a_short_lived_allocation() -> None:

@@ -25,6 +25,7 @@ from compress.evaluate.batching import tokenize_batches
 from compress.export.base import read_metadata
 from compress.export.onnx import OnnxExporter
 from compress.models.handle import ModelHandle
+from compress.runtime.base import as_tensor
 from compress.runtime.torch import TorchRuntime
 from compress.steps.base import StageContext
 from compress.steps.dynamic_int8 import DynamicInt8
@@ -160,7 +161,8 @@ def test_causal_lm_logits_match_with_padding(llama, sst2_dev, tmp_path):
         for batch in batches(llama, sst2_dev.head(20), batch_size):
             logits = runtime.predict(batch)
             assert logits.shape == (*batch["input_ids"].shape, llama.tokenizer.vocab_size)
-            np.testing.assert_allclose(logits, reference.predict(batch), atol=1e-4, rtol=0)
+            # PyTorch hands over hidden states and the LM head; all logits at once are fine at this size.
+            np.testing.assert_allclose(logits, as_tensor(reference.predict(batch)).numpy(), atol=1e-4, rtol=0)
 
 
 def test_optimize_refuses_decoder_models(llama, tmp_path):

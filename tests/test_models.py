@@ -37,9 +37,19 @@ def test_save_load_roundtrip_dynamic_int8_keeps_int8_weights(tiny_bert, tmp_path
 def test_cast_stage_reloads_in_half_precision(tiny_bert, tmp_path):
     from compress.steps.cast import Cast
 
+    fp32_bytes = TorchRuntime(tiny_bert).size_bytes()
     half = Cast(dtype="bfloat16").apply(tiny_bert, ctx=None)
-    assert next(tiny_bert.model.parameters()).dtype == torch.float32  # input untouched
+    assert half.model is tiny_bert.model  # cast in place, not copied
     save_handle(half, tmp_path / "h")
     loaded = load_handle(tmp_path / "h")
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
-    assert TorchRuntime(loaded).size_bytes() * 2 == TorchRuntime(tiny_bert).size_bytes()
+    assert TorchRuntime(loaded).size_bytes() * 2 == fp32_bytes
+
+
+def test_a_folder_holding_one_gguf_file_resolves_to_it(tmp_path) -> None:
+    from compress.models.source import resolve_source
+
+    (tmp_path / "model.Q4_1.gguf").write_bytes(b"GGUF")
+    assert resolve_source(str(tmp_path)).gguf_file == "model.Q4_1.gguf"
+    (tmp_path / "config.json").write_text("{}")  # a transformers folder: its config wins
+    assert resolve_source(str(tmp_path)).gguf_file is None

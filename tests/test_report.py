@@ -262,3 +262,27 @@ def test_lower_is_better_metric_report(tmp_path: Path) -> None:
     assert "perplexity 25.02 (+0.71)" in md and "Stopped early" not in md
     assert html.count("<svg") == 3 and "lower is better" in html
     assert read_report(paths["json"]).stages[1].higher_is_better is False
+
+
+def test_step_peak_memory_column_appears_only_when_measured(tmp_path: Path) -> None:
+    report = realistic_report()
+    assert "Step peak mem" not in stage_table(report.stages)  # reports from before it was measured
+    report.stages[1].step_peak_memory_mb = 1234.5
+    report.stages[2].step_peak_memory_mb = 900.0
+    report.stages[2].step_peak_cuda_memory_mb = 3100.0
+    table = stage_table(report.stages)
+    header, _, *rows = table.splitlines()
+
+    def cells_of(line: str) -> list[str]:
+        return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # escaped pipes stay
+
+    columns = cells_of(header)
+    at = columns.index("Step peak mem MB")
+    assert columns[at - 1] == "Peak mem MB"
+    cells = [cells_of(row) for row in rows]
+    assert all(len(row) == len(columns) for row in cells)
+    assert [row[at] for row in cells[:3]] == ["–", "1,234", "900 (GPU 3,100)"]
+    paths = write_reports(report, tmp_path)
+    html = paths["html"].read_text()
+    assert "<th>Step peak mem MB</th>" in html and "900 (GPU 3,100)" in html
+    assert "Step peak mem is the process RSS" in paths["md"].read_text()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,3 +190,89 @@ def test_failed_export_is_reported_and_others_still_run(model_dir, data_file, tm
     assert good.status == "ok" and good.kind == "export"
     assert good.max_abs_diff == 0.0 and good.prediction_agreement == 1.0
     assert good.metrics["accuracy"] == result["truncate"].metrics["accuracy"]
+
+
+def test_an_export_of_an_earlier_stage_gets_its_weights_after_later_steps_changed_them_in_place(
+    model_dir, data_file, tmp_path, monkeypatch
+):
+    """baseline → truncate → dynamic_int8, exporting the baseline and truncate: dynamic_int8 quantized the very
+    module truncate handed it, yet each export reloads its own stage and reproduces its outputs exactly."""
+    real_deepcopy = copy.deepcopy
+
+    def no_module_copies(value, memo=None):
+        assert not isinstance(value, torch.nn.Module), "a model was deep-copied"
+        return real_deepcopy(value, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", no_module_copies)  # the whole run: steps, runner, exports
+    recipe = make_recipe(
+        model_dir,
+        data_file,
+        [cx.steps.Truncate(max_length=16), cx.steps.DynamicInt8()],
+        exports=[TorchDirExporter(label="fp32", source="baseline"), TorchDirExporter(label="short", source="truncate")],
+    )
+    result = recipe.run(tmp_path / "run", progress=False)
+    baseline, truncate, quantized = result["baseline"], result["truncate"], result["dynamic_int8"]
+    fp32, short = result["export:fp32"], result["export:short"]
+    assert quantized.max_abs_diff > 0  # int8 really changed the outputs...
+    for export, source in ((fp32, baseline), (short, truncate)):  # ...but not those of the stages before it
+        assert export.status == "ok" and export.source == source.name
+        assert export.max_abs_diff == 0.0 and export.prediction_agreement == 1.0
+        assert export.metrics == source.metrics
+    stage_dirs = tmp_path / "run" / "stages"
+    fp32_outputs = np.load(next(stage_dirs.glob("*export-fp32*")) / "outputs.npy")
+    np.testing.assert_array_equal(fp32_outputs, np.load(next(stage_dirs.glob("00-baseline-*")) / "outputs.npy"))
+
+
+def test_steps_record_their_own_peak_memory_and_their_size_on_disk(model_dir, data_file, tmp_path):
+    from compress.models.size import saved_weight_bytes
+
+    recipe = make_recipe(model_dir, data_file, [cx.steps.DynamicInt8()], exports=[TorchDirExporter()])
+    result = recipe.run(tmp_path / "run", progress=False)
+    baseline, quantized, export = result["baseline"], result["dynamic_int8"], result["export:torchdir"]
+    assert baseline.step_peak_memory_mb is None  # no step ran
+    for stage in (quantized, export):
+        assert stage.step_peak_memory_mb > 50  # process RSS: a Python process with torch loaded
+        assert stage.step_peak_cuda_memory_mb is None  # a CPU run
+    saved = saved_weight_bytes(Path(quantized.artifact))
+    assert saved > 0 and quantized.size_mb == pytest.approx(saved / 2**20)  # the safetensors file, header and all
+    assert quantized.size_mb < baseline.size_mb
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Step peak mem MB" in report and "Step peak mem is the process RSS" in report
+    # Resumed from the cache, the stage keeps what was measured when it ran.
+    again = recipe.run(tmp_path / "run", progress=False)
+    assert again["dynamic_int8"].cached
+    assert again["dynamic_int8"].step_peak_memory_mb == quantized.step_peak_memory_mb
+
+
+def test_truncate_search_then_an_in_place_step(model_dir, data_file, tmp_path):
+    """truncate scores many lengths on the model it is given; the in-place step after it still sees that model."""
+    recipe = make_recipe(
+        model_dir,
+        data_file,
+        [cx.steps.Truncate(max_length="auto", candidates=[4, 8, 16]), cx.steps.DynamicInt8()],
+        exports=[TorchDirExporter(source="truncate")],
+    )
+    result = recipe.run(tmp_path / "run", progress=False)
+    truncate = result["truncate"]
+    assert len(truncate.details["search"]) >= 2 and truncate.status == "ok"
+    assert result["dynamic_int8"].status == "ok"
+    assert result["export:torchdir"].metrics == truncate.metrics
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_step_records_its_gpu_peak_separately(model_dir, data_file, tmp_path):
+    from compress.models.size import saved_weight_bytes
+
+    recipe = cx.Recipe(
+        model=cx.ModelSpec(str(model_dir)),
+        data=cx.DataSpec(path=str(data_file), text="sentence", label_names=["0", "1"]),
+        steps=[cx.steps.Cast(dtype="float16")],
+        evaluate=cx.EvalSpec(batch_sizes=[8], warmup_batches=0, device="cuda"),
+    )
+    result = recipe.run(tmp_path / "run", progress=False)
+    cast = result["cast"]
+    assert cast.status == "ok" and cast.device == "cuda"
+    assert cast.step_peak_cuda_memory_mb > 0 and cast.step_peak_memory_mb > 50
+    # On disk: the fp16 safetensors file, whose header is a few percent of a model this small.
+    assert cast.size_mb == pytest.approx(saved_weight_bytes(Path(cast.artifact)) / 2**20)
+    assert 0.5 < cast.size_mb / result["baseline"].size_mb < 0.55

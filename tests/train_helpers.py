@@ -28,7 +28,7 @@ def accuracy(handle: ModelHandle, data: TextData, max_length: int = 128) -> floa
             max_length=max_length,
             return_tensors="np",
         )
-        predicted = runtime.predict({k: v.astype(np.int64) for k, v in encoded.items()}).argmax(-1)
+        predicted = runtime.predict({k: v.astype(np.int64) for k, v in encoded.items()}).argmax(-1).numpy()
         correct += int((predicted == np.asarray(data.labels[start : start + 64])).sum())
     return correct / len(data)
 

@@ -18,6 +18,7 @@ from compress.data.labels import LabelColumn, encode_labels
 from compress.data.readers import RawSplit, read_split
 from compress.data.text_data import TextData
 from compress.errors import DataError
+from compress.tasks import get_task
 
 SHOWN_ROWS = 5
 
@@ -34,20 +35,11 @@ def load_text_data(
 ) -> TextData:
     """Read `split` of `spec`: at most `limit` rows, the first ones or a sample seeded by `sample_seed`.
 
-    `base_dir` resolves relative paths (the recipe's folder); `where` prefixes the YAML paths in errors. For
-    `causal-lm` only the text column is read. A single file (not a split mapping) serves every split.
+    `base_dir` resolves relative paths (the recipe's folder); `where` prefixes the YAML paths in errors. The
+    task's adapter names the columns read (`causal-lm`: only the text). A single file (not a split mapping)
+    serves every split.
     """
-    columns = {"text": spec.text}
-    if task == "text-classification":
-        if spec.label is None:
-            raise DataError(
-                "text classification needs a label column, but data.label is null",
-                where=f"{where}.label",
-                fix=f"set {where}.label to the column holding the labels",
-            )
-        columns["label"] = spec.label
-        if spec.text_pair is not None:
-            columns["text_pair"] = spec.text_pair
+    columns = get_task(task).data_columns(spec, where)
     raw = read_split(spec, split, list(columns.values()), base_dir, where)
     for role, name in columns.items():
         _check_column(raw, name, f"{where}.{role}", where)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from compress.config import DataSpec, Task
 from compress.data.text_data import TextData
+from compress.tasks import get_task
 
 
 class DataProvider:
@@ -34,10 +35,9 @@ class DataProvider:
         return self._load(self.spec, self.spec.split, self.spec.limit, None, "data")
 
     def _aligned_spec(self) -> DataSpec:
-        """Training splits use the evaluation split's label names, so ids mean the same thing everywhere."""
-        if self.task != "text-classification" or self.spec.label_names:
-            return self.spec
-        return self.spec.model_copy(update={"label_names": self.eval.label_names})
+        """The spec training splits are read with: the task may align them with the evaluation split (a
+        classifier's label ids must mean the same thing everywhere)."""
+        return get_task(self.task).training_spec(self.spec, lambda: self.eval)
 
     @functools.cached_property
     def train(self) -> TextData:

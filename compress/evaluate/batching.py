@@ -11,7 +11,6 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from compress.data.text_data import TextData
-from compress.errors import DataError, ModelError
 
 
 @dataclass
@@ -28,24 +27,6 @@ class Batch:
 
 def batch_count(rows: int, batch_size: int) -> int:
     return math.ceil(rows / batch_size)
-
-
-def check_classification_data(data: TextData, tokenizer: PreTrainedTokenizerBase, batch_sizes: list[int]) -> None:
-    """Fail before any model runs if the data or tokenizer cannot give scored batches."""
-    if len(data) == 0:
-        raise DataError("the evaluation split has no rows", where="data.split", fix="point data at a non-empty split")
-    if data.labels is None:
-        raise DataError(
-            "the evaluation split has no labels, so no classification metric can be computed",
-            where="data.label",
-            fix="set data.label to the column holding the labels",
-        )
-    if tokenizer.pad_token is None and max(batch_sizes) > 1:
-        raise ModelError(
-            "the tokenizer has no padding token, so batches larger than 1 cannot be built",
-            where="evaluate.batch_sizes",
-            fix="set a pad token on the tokenizer (e.g. pad_token = eos_token) or use batch size 1 only",
-        )
 
 
 def tokenize_batches(

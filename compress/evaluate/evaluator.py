@@ -19,19 +19,19 @@ import torch
 
 from compress.config import EvalSpec, Task
 from compress.data.text_data import TextData
-from compress.evaluate.batching import Batch, batch_count, check_classification_data, tokenize_batches
+from compress.evaluate.batching import Batch, batch_count
 from compress.evaluate.latency import Reduce, run_pass
 from compress.evaluate.memory import MIB, PeakMemory
 from compress.evaluate.metrics import ResolvedMetric, resolve_metric
-from compress.evaluate.perplexity import make_windows, reduce_to_nll, window_batches
 from compress.result import Evaluation, LatencyStats
 from compress.runtime.base import Runtime
+from compress.tasks import get_task
 
 
 @dataclass
 class _Measured:
-    outputs: np.ndarray  # logits (N, C), or per-window mean NLL (W,)
-    targets: np.ndarray  # labels (N,), or scored tokens per window (W,)
+    outputs: np.ndarray  # the task's reduced outputs: e.g. logits (N, C), or per-window mean NLL (W,)
+    targets: np.ndarray  # what the metrics compare them with: e.g. labels (N,), or scored tokens per window
     latency: dict[str, LatencyStats]
     samples: int  # rows, or windows
 
@@ -41,18 +41,20 @@ def evaluate(
 ) -> tuple[Evaluation, np.ndarray]:
     """Every measurement of one stage, plus the outputs the runner compares between stages.
 
-    Returns the logits (N, num_labels) in data order for text classification, or the per-window mean NLL
-    for causal LM. Peak memory: see `compress.evaluate.memory` (process RSS on CPU, CUDA allocator peak).
+    Returns the task's reduced outputs in data order: the logits (N, num_labels) for text classification,
+    the per-window mean NLL for causal LM. Peak memory: see `compress.evaluate.memory` (process RSS on CPU,
+    CUDA allocator peak).
     """
     began = time.perf_counter()
     threads = _configure_threads(spec)
     metrics = resolve_metrics(spec, runtime.task)
+    task = get_task(runtime.task)
     with PeakMemory(runtime.device) as memory:
         measured = _measure(runtime, data, spec, latency_sizes=spec.batch_sizes, progress=progress)
+        generation = task.generation_metrics(runtime, data, spec)
     values = _compute(metrics, measured)
-    if runtime.task == "causal-lm":
-        largest = measured.latency[str(max(spec.batch_sizes))]
-        values["tokens_per_s"] = largest.throughput_per_s * largest.mean_tokens_per_sample
+    values.update(task.throughput_metrics(measured.latency[str(max(spec.batch_sizes))]))
+    values.update(generation)
     primary = metrics[0]
     evaluation = Evaluation(
         metrics=values,
@@ -79,16 +81,10 @@ def score(runtime: Runtime, data: TextData, spec: EvalSpec, *, progress: bool = 
     return _compute(metrics, measured)
 
 
-def primary_metric_name(spec: EvalSpec, task: Task) -> str:
-    """`spec.metric`, except that a causal LM left on the default ('accuracy') is scored by perplexity."""
-    if task == "causal-lm" and "metric" not in spec.model_fields_set:
-        return "perplexity"
-    return spec.metric
-
-
 def resolve_metrics(spec: EvalSpec, task: Task) -> list[ResolvedMetric]:
-    """Primary metric first, then the extra metrics (duplicates dropped); ConfigError for unknown names."""
-    primary = primary_metric_name(spec, task)
+    """Primary metric first (`evaluate.metric`, else the task's default), then the extra metrics (duplicates
+    dropped); ConfigError for unknown names."""
+    primary = get_task(task).primary_metric(spec)
     resolved = [resolve_metric(primary, task, where="evaluate.metric")]
     for index, name in enumerate(spec.extra_metrics):
         if name not in (m.name for m in resolved):
@@ -106,44 +102,25 @@ def _compute(metrics: list[ResolvedMetric], measured: _Measured) -> dict[str, fl
     return {metric.name: metric(measured.outputs, measured.targets) for metric in metrics}
 
 
-def _keep_logits(logits: np.ndarray, batch: Batch) -> np.ndarray:
-    return np.asarray(logits, dtype=np.float32)
-
-
 def _measure(
     runtime: Runtime, data: TextData, spec: EvalSpec, *, latency_sizes: list[int], progress: bool
 ) -> _Measured:
     scoring = spec.scoring_batch_size
-    make_batches: Callable[[int], Iterator[Batch]]
-    if runtime.task == "causal-lm":
-        context = runtime.max_length or spec.seq_len
-        windows = make_windows(runtime.tokenizer, data, min(spec.seq_len, context), spec.stride)
-        items, reduce, targets = len(windows), reduce_to_nll, windows.token_counts
-
-        def make_batches(batch_size: int) -> Iterator[Batch]:
-            return window_batches(windows, batch_size)
-    else:
-        check_classification_data(data, runtime.tokenizer, [*latency_sizes, scoring])
-        max_length = runtime.max_length or spec.max_length
-        items, reduce = len(data), _keep_logits
-        targets = np.asarray(data.labels, dtype=np.int64)
-
-        def make_batches(batch_size: int) -> Iterator[Batch]:
-            return tokenize_batches(runtime.tokenizer, data, batch_size, max_length)
-
-    latency, outputs = _timed_passes(runtime, make_batches, items, spec, latency_sizes, reduce, progress)
+    task = get_task(runtime.task)
+    batches = task.eval_batches(runtime.tokenizer, data, spec, runtime.max_length, [*latency_sizes, scoring])
+    latency, outputs = _timed_passes(runtime, batches.make, batches.items, spec, latency_sizes, task.reduce, progress)
     if outputs is None:
         outputs = run_pass(
             runtime,
-            lambda: make_batches(scoring),
+            lambda: batches.make(scoring),
             batch_size=scoring,
-            total_batches=batch_count(items, scoring),
+            total_batches=batch_count(batches.items, scoring),
             timed_batches=None,
-            reduce=reduce,
+            reduce=task.reduce,
             progress=progress,
             desc=f"{runtime.name} scoring, batch {scoring}",
         ).outputs
-    return _Measured(np.concatenate(outputs, axis=0), targets, latency, items)
+    return _Measured(np.concatenate(outputs, axis=0), batches.targets, latency, batches.items)
 
 
 def _timed_passes(

@@ -1,7 +1,11 @@
 """One pass of a runtime over batches: untimed warm-up, per-batch timing, and the outputs kept for metrics.
 
-Only `runtime.predict` plus `runtime.synchronize` is inside the clock; tokenization and the reduction of
-outputs (e.g. NLL from logits) happen outside it and tokenization is reported on its own.
+Only `runtime.predict` plus `runtime.synchronize` is inside the clock; tokenization and the task's reduction
+of the outputs (e.g. NLL from logits, on the device the model ran on) happen outside it, and tokenization
+is reported on its own. `synchronize` matters since predict returns device tensors without waiting for them.
+For PyTorch causal LMs whose head alone gives the logits, the runtime stops at the final hidden states and
+the LM head runs inside the (untimed) reduction, so their latency covers the transformer without the
+vocabulary projection.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from tqdm.auto import tqdm
 
 from compress.evaluate.batching import Batch
 from compress.result import LatencyStats
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, RuntimeOutput
 
-# Turns one batch's logits into what the metric needs (logits themselves, or per-window NLL).
-Reduce = Callable[[np.ndarray, Batch], np.ndarray]
+# The task's reduction: one batch's outputs → what the metric needs, as host numpy (see TaskAdapter.reduce).
+Reduce = Callable[[RuntimeOutput, Batch], np.ndarray]
 
 
 @dataclass
@@ -73,16 +77,16 @@ def run_pass(
     for index, batch in enumerate(itertools.islice(make_batches(), last)):
         if timing and index < (timed_batches or 0):
             began = time.perf_counter()
-            logits = runtime.predict(batch.inputs)
+            outputs = runtime.predict(batch.inputs)
             runtime.synchronize()
             times_s.append(time.perf_counter() - began)
             samples += batch.size
             real_tokens += batch.real_tokens
             tokenize_s += batch.tokenize_s
         else:
-            logits = runtime.predict(batch.inputs)
+            outputs = runtime.predict(batch.inputs)
         if reduce is not None:
-            result.outputs.append(reduce(logits, batch))
+            result.outputs.append(reduce(outputs, batch))
         bar.update(1)
     bar.close()
     if timing:

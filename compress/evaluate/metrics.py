@@ -6,8 +6,10 @@ Built-ins are registered in `compress.registry.METRICS` through the `compress.me
 - text classification: `fn(logits (N, C) float, labels (N,) int) -> float`
 - causal LM: `fn(window_mean_nll (W,) float, window_token_counts (W,) int) -> float`
 
-A name that is not registered falls back to Hugging Face `evaluate.load(name)` (text classification only),
-which needs the hub or a local metric script.
+A metric declares the task whose outputs it reads (`@metric(task=...)`); it applies to every task whose adapter
+names that task as its `metric_task`. One that declares none is taken as a text-classification metric. A name
+that is not registered falls back to Hugging Face `evaluate.load(name)` for tasks whose adapter allows it
+(`TaskAdapter.hub_metrics`: text classification), which needs the hub or a local metric script.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import numpy as np
 from compress.config import Task
 from compress.errors import ConfigError
 from compress.registry import METRICS
+from compress.tasks import get_task
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 F = TypeVar("F", bound=Callable[..., float])
 
+# The task of metrics that do not declare one (third-party metrics written before tasks were declared).
+UNDECLARED_TASK = "text-classification"
 # Hub metrics whose smaller values are better; every other hub metric is taken as higher-is-better.
 _LOWER_IS_BETTER_HUB_METRICS = frozenset({"mse", "mae", "wer", "cer", "ter", "perplexity", "brier_score"})
 
@@ -111,18 +116,19 @@ class ResolvedMetric:
 
 def resolve_metric(name: str, task: Task, *, where: str = "evaluate.metric") -> ResolvedMetric:
     """The registered metric `name`, or a Hugging Face `evaluate` one; ConfigError if neither fits `task`."""
+    adapter = get_task(task)
     if name in METRICS.names():
         fn = METRICS.get(name, where=where)
-        metric_task = getattr(fn, "task", "text-classification")
-        if metric_task != task:
-            suitable = [n for n, f in METRICS if getattr(f, "task", "text-classification") == task]
+        metric_task = getattr(fn, "task", UNDECLARED_TASK)
+        if metric_task != adapter.metric_task:
+            suitable = [n for n, f in METRICS if getattr(f, "task", UNDECLARED_TASK) == adapter.metric_task]
             raise ConfigError(
                 f"metric '{name}' is for {metric_task} models, but this model is {task}",
                 where=where,
                 fix=f"use one of: {', '.join(suitable)}",
             )
         return ResolvedMetric(name, fn, bool(getattr(fn, "higher_is_better", True)), metric_task)
-    if task != "text-classification":
+    if not adapter.hub_metrics:
         raise ConfigError(
             f"unknown metric '{name}' for {task} models",
             where=where,

@@ -6,6 +6,9 @@ and every token but each window's first is scored, as in GPTQ. With a smaller st
 first scores only the tokens the previous window did not reach, the earlier ones serving as context.
 Tokens after the last full window are dropped (GPTQ drops the remainder too); a stream shorter than one
 window is scored as a single shorter window. Perplexity = exp(total NLL / scored tokens).
+
+The NLL is reduced on the device the model ran on, a chunk of positions at a time; only per-window means
+reach the host.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from transformers import PreTrainedTokenizerBase
 from compress.data.text_data import TextData
 from compress.errors import DataError
 from compress.evaluate.batching import Batch
+from compress.runtime.base import HiddenStates, RuntimeOutput
 
-# Logits of at most this many elements go through log-softmax at once, so a 150k-token vocabulary over a
-# 2048-token window needs ~256 MB of scratch, not the whole window's worth.
+# Logits of at most this many elements exist at once (float32 for the log-softmax), so a 150k-token vocabulary
+# over four 2048-token windows needs ~256 MB of scratch, not the 5 GB of the whole batch's logits.
 _CHUNK_ELEMENTS = 2**26
 
 
@@ -85,22 +89,38 @@ def window_batches(windows: Windows, batch_size: int) -> Iterator[Batch]:
         )
 
 
-def window_mean_nll(logits: np.ndarray, input_ids: np.ndarray, score_start: np.ndarray) -> np.ndarray:
-    """Mean NLL of each window's scored tokens, from (batch, seq, vocab) logits, in float32 chunks."""
-    chunk = max(1, _CHUNK_ELEMENTS // int(logits.shape[-1]))
-    means = np.empty(logits.shape[0], dtype=np.float64)
-    for row in range(logits.shape[0]):
-        first = int(score_start[row])
-        predicted = torch.as_tensor(logits[row, first - 1 : -1])  # position t predicts token t + 1
-        targets = torch.as_tensor(input_ids[row, first:])
-        total = 0.0
-        for offset in range(0, targets.shape[0], chunk):
-            piece = predicted[offset : offset + chunk].float()
-            total += torch.nn.functional.cross_entropy(piece, targets[offset : offset + chunk], reduction="sum").item()
-        means[row] = total / targets.shape[0]
-    return means
+def window_mean_nll(outputs: RuntimeOutput, input_ids: np.ndarray, score_start: np.ndarray) -> np.ndarray:
+    """Mean NLL of each window's scored tokens, computed where `outputs` are; only (batch,) values leave.
+
+    `outputs` are (batch, seq, vocab) logits (numpy or a tensor on any device) or `HiddenStates`, whose head
+    is applied here. Either way at most `_CHUNK_ELEMENTS` logits exist at once (as float32), so the memory
+    stays bounded by the chunk, not by batch × seq × vocab.
+    """
+    if isinstance(outputs, HiddenStates):
+        source, head, width = outputs.states, outputs.head, outputs.width
+    else:
+        source, head = torch.as_tensor(outputs), None
+        width = int(source.shape[-1])
+    device = source.device
+    ids = torch.as_tensor(input_ids, device=device)
+    first = torch.as_tensor(score_start, device=device)
+    # Position t predicts token t + 1: the predicting positions of row r are score_start[r] - 1 … seq - 2.
+    predicting = torch.arange(ids.shape[1] - 1, device=device)[None, :] >= (first[:, None] - 1)
+    rows, positions = predicting.nonzero(as_tuple=True)
+    targets = ids[rows, positions + 1]
+    totals = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
+    chunk = max(1, _CHUNK_ELEMENTS // width)
+    with torch.inference_mode():
+        for begin in range(0, rows.shape[0], chunk):
+            at = slice(begin, begin + chunk)
+            picked = source[rows[at], positions[at]]
+            logits = (head(picked) if head is not None else picked).float()
+            nll = torch.nn.functional.cross_entropy(logits, targets[at], reduction="none")
+            totals.index_add_(0, rows[at], nll.double())
+    counts = predicting.sum(dim=1)
+    return (totals / counts).cpu().numpy()
 
 
-def reduce_to_nll(logits: np.ndarray, batch: Batch) -> np.ndarray:
+def reduce_to_nll(outputs: RuntimeOutput, batch: Batch) -> np.ndarray:
     assert batch.score_start is not None  # set by window_batches
-    return window_mean_nll(logits, batch.inputs["input_ids"], batch.score_start)
+    return window_mean_nll(outputs, batch.inputs["input_ids"], batch.score_start)

@@ -21,12 +21,13 @@ from compress.export.coreml_convert import (
     trace,
 )
 from compress.export.coreml_validate import validate_package
-from compress.export.deploy import write_deploy_notes
+from compress.export.deploy import sample_io, write_deploy_notes
 from compress.export.tracing import inference_max_length
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
 from compress.runtime.base import Runtime
 from compress.steps.base import StageContext
+from compress.tasks import get_task
 
 PACKAGE = "model.mlpackage"
 
@@ -130,19 +131,12 @@ class CoreMLExporter(Exporter):
 
 
 def logits_width(model: ModelHandle) -> int:
-    config = model.model.config
-    return config.vocab_size if model.task == "causal-lm" else config.num_labels
+    return get_task(model.task).logits_width(model.model.config)
 
 
 def coreml_sample(model: ModelHandle, compute_units: str, max_length: int) -> str:
     """A runnable coremltools snippet (macOS) for this artifact."""
-    if model.task == "causal-lm":
-        post = "next_token = logits[0, -1].argmax()\nprint(tokenizer.decode([next_token]))"
-        text = '["The capital of France is"]'
-    else:
-        labels = model.label_names or []
-        post = f"labels = {labels!r}\nprint([labels[i] if labels else i for i in logits.argmax(-1)])"
-        text = '["a gripping, beautifully made film", "tedious and overlong"]'
+    text, post, _ = sample_io(model)
     return f"""\
 import coremltools as ct
 import numpy as np

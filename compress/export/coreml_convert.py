@@ -40,7 +40,7 @@ def trace(model: ModelHandle, where: str) -> tuple[torch.jit.ScriptModule, list[
     if next(module.parameters()).device.type != "cpu":  # trace on the CPU; Core ML gets weights as constants
         module = copy.deepcopy(module).cpu()
     was_training = module.training
-    wrapper = LogitsOnly(module, input_names, model.task == "causal-lm").eval()
+    wrapper = LogitsOnly(module, input_names, model.task).eval()
     inputs = example_inputs(model, input_names)
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from compress.io import atomic_write_text
 from compress.models.handle import ModelHandle
+from compress.tasks import get_task
 
 DEPLOY_FILE = "deploy.md"
 
@@ -36,11 +37,7 @@ def write_deploy_notes(out_dir: Path, title: str, code: str, notes: list[str]) -
 
 
 def sample_io(model: ModelHandle) -> tuple[str, str, int]:
-    """Example input texts, the lines that turn logits into an answer, and the max_length, for a deploy sample."""
-    max_length = model.max_length or 512
-    if model.task == "causal-lm":
-        post = "next_token = logits[0, -1].argmax()\nprint(tokenizer.decode([next_token]))"
-        return '["The capital of France is"]', post, max_length
-    labels = model.label_names or []
-    post = f"labels = {labels!r}\nprint([labels[i] if labels else i for i in logits.argmax(-1)])"
-    return '["a gripping, beautifully made film", "tedious and overlong"]', post, max_length
+    """Example input texts, the lines that turn logits into an answer (the task's), and the max_length, for a
+    deploy sample."""
+    sample = get_task(model.task).deploy_sample(model)
+    return sample.texts, sample.post, model.max_length or 512

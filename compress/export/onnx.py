@@ -36,6 +36,7 @@ from compress.models.handle import ModelHandle
 from compress.optional import import_optional
 from compress.runtime.base import Runtime
 from compress.steps.base import StageContext
+from compress.tasks import get_task
 
 MODEL_FILE = "model.onnx"
 # Encoder families whose graphs ONNX Runtime's transformer optimizer fuses (attention, layer norm, GELU).
@@ -165,14 +166,13 @@ def torch_to_onnx(model: ModelHandle, path: Path, *, opset: int, where: str) -> 
         model, where, converter="torch.onnx", fix="set `quantize: dynamic` (onnx) or `precision: int8` (tensorrt)"
     )
     input_names = onnx_input_names(model)
-    causal = model.task == "causal-lm"
     module = model.model
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     was_training = module.training
-    wrapper = LogitsOnly(module, input_names, causal).eval()  # export restores the wrapper's mode: keep eval
+    wrapper = LogitsOnly(module, input_names, model.task).eval()  # export restores the wrapper's mode: keep eval
     inputs = tuple(t.to(device) for t in example_inputs(model, input_names))
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in input_names}
-    axes["logits"] = {0: "batch", 1: "sequence"} if causal else {0: "batch"}
+    axes["logits"] = dict(get_task(model.task).logits_axes)
     try:
         with warnings.catch_warnings(), torch.no_grad(), eager_attention(module):
             warnings.simplefilter("ignore")  # tracer warnings about Python bools in HF's mask code

@@ -41,7 +41,7 @@ def torch_to_openvino(model: ModelHandle, where: str) -> tuple[Any, list[str]]:
     if next(module.parameters()).device.type != "cpu":  # trace on the CPU; the IR runs there anyway
         module = copy.deepcopy(module).cpu()
     was_training = module.training
-    wrapper = LogitsOnly(module, input_names, model.task == "causal-lm").eval()
+    wrapper = LogitsOnly(module, input_names, model.task).eval()
     shapes = [(ov.PartialShape([-1, -1]), ov.Type.i64) for _ in input_names]
     try:
         with warnings.catch_warnings(), torch.no_grad():

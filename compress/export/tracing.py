@@ -9,6 +9,7 @@ import torch
 from compress.errors import ExportError
 from compress.models.handle import ModelHandle
 from compress.steps.base import StageContext
+from compress.tasks import get_task
 
 
 def reject_torch_int8(model: ModelHandle, where: str, *, converter: str, fix: str) -> None:
@@ -28,25 +29,24 @@ def reject_torch_int8(model: ModelHandle, where: str, *, converter: str, fix: st
 
 
 def onnx_input_names(model: ModelHandle) -> list[str]:
-    """Graph inputs: input_ids, attention_mask, and token_type_ids for classifiers whose tokenizer makes them.
-
-    Causal LMs take no token_type_ids and are exported without a KV cache: logits for the whole sequence.
-    """
+    """Graph inputs: those the task feeds (input_ids, attention_mask; token_type_ids for classifiers whose
+    tokenizer makes them) that the model's forward accepts."""
     accepted = inspect.signature(model.model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if model.task != "causal-lm" and "token_type_ids" in model.tokenizer.model_input_names:
-        names.append("token_type_ids")
-    return [n for n in names if n in accepted]
+    return [n for n in get_task(model.task).model_input_names(model.tokenizer) if n in accepted]
 
 
 class LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order and a single logits output, which is what an exported graph exposes."""
+    """Positional inputs in a fixed order and a single logits output, which is what an exported graph exposes.
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str], causal: bool) -> None:
+    The task's export arguments go to every forward call (causal LMs: no KV cache, so the graph returns the
+    logits of the whole sequence).
+    """
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], task: str) -> None:
         super().__init__()
         self.model = model
         self.input_names = input_names
-        self.extra = {"use_cache": False} if causal else {}
+        self.extra = dict(get_task(task).export_forward_kwargs)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**dict(zip(self.input_names, inputs, strict=True)), **self.extra).logits
@@ -63,7 +63,6 @@ def example_inputs(model: ModelHandle, input_names: list[str]) -> tuple[torch.Te
 
 def inference_max_length(model: ModelHandle, ctx: StageContext) -> int:
     """The longest sequence the model will run on: the truncate step's limit or the eval's, within context."""
-    default = ctx.eval_spec.seq_len if model.task == "causal-lm" else ctx.eval_spec.max_length
-    limit = model.max_length or default
+    limit = model.max_length or get_task(model.task).default_max_length(ctx.eval_spec)
     context = getattr(getattr(model.model, "config", None), "max_position_embeddings", None)
     return min(limit, context) if context else limit

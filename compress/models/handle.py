@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,9 @@ class ModelHandle:
     `transforms` records structural changes (e.g. dynamic INT8 swaps Linear modules) in the order they were
     applied, so a saved stage can be rebuilt exactly: load the architecture, replay the transforms, then load
     the saved tensors.
+
+    `saved_dir` is the folder these exact weights were saved to or loaded from (the runner sets it), so the
+    stage's size is what it takes on disk; None for a model that exists only in memory (e.g. the baseline).
     """
 
     model: torch.nn.Module
@@ -26,8 +30,11 @@ class ModelHandle:
     max_length: int | None = None
     label_names: list[str] | None = None
     transforms: list[dict[str, Any]] = field(default_factory=list)
+    saved_dir: Path | None = None
 
     def replace(self, **changes: Any) -> ModelHandle:
+        """A new handle with `changes`; `saved_dir` is not carried over (the new handle may hold other
+        weights) unless given."""
         values = {
             "model": self.model,
             "tokenizer": self.tokenizer,

@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.config import ModelSpec, Task
 from compress.errors import ModelError
 from compress.models.handle import ModelHandle
 from compress.models.source import resolve_source
+from compress.registry import TASKS
+from compress.tasks import get_task
 
-AUTO_CLASSES: dict[Task, type] = {
-    "text-classification": AutoModelForSequenceClassification,
-    "causal-lm": AutoModelForCausalLM,
-}
+
+class _AutoClasses(Mapping[Task, type]):
+    """Task name → transformers auto class, read from the task adapters (so plugin tasks are included)."""
+
+    def __getitem__(self, task: Task) -> type:
+        return get_task(task).auto_class
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(TASKS.names())
+
+    def __len__(self) -> int:
+        return len(TASKS.names())
+
+
+AUTO_CLASSES: Mapping[Task, type] = _AutoClasses()
 
 
 def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHandle:
-    """Load `spec.source` with the head its task needs; a classifier gets one output per label."""
+    """Load `spec.source` with the head its task needs (a classifier gets one output per label).
+
+    `label_names` are the evaluation data's; tasks without labels ignore them.
+    """
     resolved = resolve_source(spec.source, spec.gguf_file)
     common = {
         "revision": spec.revision,
@@ -31,16 +43,10 @@ def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHa
         **({"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}),
     }
     tokenizer = _load_tokenizer(resolved.path, common)
-    kwargs: dict = {"dtype": getattr(torch, spec.dtype), **common}
-    if spec.task == "text-classification":
-        num_labels = spec.num_labels or (len(label_names) if label_names else None)
-        if num_labels is not None:
-            kwargs["num_labels"] = num_labels
-        if label_names and len(label_names) == num_labels:
-            kwargs["id2label"] = dict(enumerate(label_names))
-            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+    task = get_task(spec.task)
+    kwargs: dict = {"dtype": getattr(torch, spec.dtype), **common, **task.model_kwargs(spec, label_names)}
     try:
-        model: PreTrainedModel = AUTO_CLASSES[spec.task].from_pretrained(resolved.path, **kwargs)
+        model: PreTrainedModel = task.auto_class.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load '{spec.source}' as a {spec.task} model: {exc}",
@@ -50,6 +56,12 @@ def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHa
     if tokenizer.pad_token is None:  # causal LMs often ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
+    if resolved.gguf_file:
+        # transformers dequantizes GGUF weights on load but keeps a `gguf` quantization_config: the model in memory
+        # is plain floats, and tools that refuse quantized models (llm-compressor) must see it as such.
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
     model.eval()
     return ModelHandle(model=model, tokenizer=tokenizer, task=spec.task, label_names=label_names)
 

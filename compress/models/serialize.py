@@ -1,6 +1,8 @@
 """Save and load a stage's model: `save_pretrained` config and tokenizer, weights in safetensors.
 
-Dynamic-INT8 Linear layers keep packed weights that neither `save_pretrained` nor safetensors understand;
+Weight-quantized LLM stages (`rtn`, `gptq`, `awq`) are saved in the compressed-tensors layout (packed int4/int8
+weights, scales and zero points, `quantization_config` in config.json), so transformers and vLLM load the same
+folder. Dynamic-INT8 Linear layers keep packed weights that neither `save_pretrained` nor safetensors understand;
 they are stored as their int8 values plus scale and zero point, so the file holds the real INT8 weights
 and loading never unpickles anything.
 """
@@ -88,6 +90,10 @@ def load_handle(directory: Path) -> ModelHandle:
     meta = json.loads(meta_path.read_text())
     config = AutoConfig.from_pretrained(directory)
     model = AUTO_CLASSES[meta["task"]].from_config(config)
+    if _quant_method(config) == "compressed-tensors":  # packed weights: QuantizedLinear modules to load into
+        from compress.models.compressed_tensors import build_quantized_skeleton
+
+        model = build_quantized_skeleton(model, _as_dict(config.quantization_config))
     model = replay(model, meta["transforms"])
     tensors = load_file(str(directory / WEIGHTS_FILE))
     plain = {k: v for k, v in tensors.items() if not k.endswith(_QSUFFIXES)}
@@ -119,6 +125,16 @@ def load_handle(directory: Path) -> ModelHandle:
         label_names=meta["label_names"],
         transforms=meta["transforms"],
     )
+
+
+def _as_dict(quantization_config: object) -> dict:
+    return quantization_config if isinstance(quantization_config, dict) else quantization_config.to_dict()
+
+
+def _quant_method(config: object) -> str | None:
+    """`quant_method` of a config's `quantization_config` (a dict or transformers' config object), if any."""
+    quantization = getattr(config, "quantization_config", None)
+    return None if quantization is None else _as_dict(quantization).get("quant_method")
 
 
 def _load_quantized(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:

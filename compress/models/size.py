@@ -20,6 +20,16 @@ def count_parameters(model: torch.nn.Module) -> int:
     return total
 
 
+# Files that hold a saved model's weights (safetensors, possibly sharded; torch pickles; GGUF): the size of a
+# stage on disk, without its config and tokenizer files.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def saved_weight_bytes(path: Path) -> int:
+    """Bytes of the weight files in a saved model folder (0 when it holds none)."""
+    return directory_bytes(path, WEIGHT_SUFFIXES)
+
+
 def directory_bytes(path: Path, suffixes: tuple[str, ...] | None = None) -> int:
     """Bytes of the files under `path`, optionally only those with the given suffixes."""
     files = [p for p in Path(path).rglob("*") if p.is_file()]

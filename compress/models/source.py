@@ -40,6 +40,11 @@ def resolve_source(source: str, gguf_file: str | None = None) -> ResolvedSource:
                 where="model.source",
                 fix="point at the directory holding config.json (for a .gguf file: its directory plus gguf_file)",
             )
+        if gguf_file is None and not (path / "config.json").exists():
+            # A folder holding one GGUF file and no config.json: that file is the model.
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                gguf_file = ggufs[0].name
         return ResolvedSource(str(path), gguf_file, is_local=True)
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise ModelError(

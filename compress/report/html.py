@@ -7,8 +7,10 @@ from html import escape
 
 from compress.report.plots import all_plots
 from compress.report.table import (
+    STEP_MEMORY_NOTE,
     batch_sizes_of,
     fmt_number,
+    has_step_memory,
     problem_stages,
     reference_stage,
     status_text,
@@ -51,7 +53,7 @@ figcaption { color: #4d5566; font-size: .85rem; margin-top: .3rem; }
 def html_table(stages: list[StageResult]) -> str:
     sizes = batch_sizes_of(stages)
     reference = reference_stage(stages)
-    head = "".join(f"<th>{escape(h)}</th>" for h in table_headers(sizes))
+    head = "".join(f"<th>{escape(h)}</th>" for h in table_headers(sizes, step_memory=has_step_memory(stages)))
     body = []
     for stage, row in zip(stages, table_rows(stages, sizes), strict=True):
         classes = [f"status-{stage.status}"] + (["reference"] if stage is reference else [])
@@ -86,7 +88,9 @@ def render_html(report: RunReport) -> str:
         f'<p class="note">Reference stage: <b>{ref_name}</b>. '
         "Δ is the primary metric minus the reference's; speedup is throughput over the reference's "
         "at the same batch size. Agreement is the share of "
-        "predictions equal to the source stage's; step time is how long the step or export took.</p>"
+        "predictions equal to the source stage's; step time is how long the step or export took."
+        + (f" {escape(STEP_MEMORY_NOTE)}" if has_step_memory(report.stages) else "")
+        + "</p>"
     )
     problems = problem_stages(report.stages)
     if problems:

@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 from compress.report.table import (
+    STEP_MEMORY_NOTE,
     batch_sizes_of,
     fmt_number,
+    has_step_memory,
     problem_stages,
     reference_stage,
     status_text,
@@ -29,9 +31,9 @@ def md_escape(text: str) -> str:
 def stage_table(stages: list[StageResult], batch_sizes: list[int] | None = None) -> str:
     """A Markdown table with one row per stage (columns: see `compress.report.table.table_headers`)."""
     sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
-    headers = table_headers(sizes)
+    headers = table_headers(sizes, step_memory=has_step_memory(stages))
     lines = [
-        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(md_escape(h) for h in headers) + " |",  # "max |Δlogit|" must not split a column
         "|" + "|".join("---:" if i >= 4 else "---" for i in range(len(headers))) + "|",
     ]
     for row in table_rows(stages, sizes):
@@ -60,7 +62,7 @@ def render_markdown(report: RunReport) -> str:
         lines.append(f"- **Stopped early**: {md_escape(report.stopped)}")
     lines += ["", "## Environment", "", *environment_lines(report.environment), "", "## Stages", ""]
     lines.append(stage_table(report.stages))
-    lines += ["", _reading_guide(reference)]
+    lines += ["", _reading_guide(reference) + (f" {STEP_MEMORY_NOTE}" if has_step_memory(report.stages) else "")]
     problems = problem_stages(report.stages)
     if problems:
         lines += ["", "## Needs attention", ""]

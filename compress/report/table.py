@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from compress.result import LatencyStats, StageResult
 
 STATUS_TEXT = {"ok": "ok", "gate_failed": "gate failed", "failed": "failed", "not_evaluated": "not evaluated"}
+STEP_MEMORY_NOTE = (
+    "Step peak mem is the process RSS while the step or export ran (with, in brackets, the peak memory PyTorch "
+    "allocated on the GPU), apart from peak mem, which is the evaluation's."
+)
 
 
 def reference_stage(stages: list[StageResult]) -> StageResult | None:
@@ -88,7 +92,12 @@ class Cell:
     numeric: bool = False
 
 
-def table_headers(batch_sizes: list[int]) -> list[str]:
+def has_step_memory(stages: list[StageResult]) -> bool:
+    """Whether the table gets a step-memory column (runs recorded before it was measured have none)."""
+    return any(stage.step_peak_memory_mb is not None for stage in stages)
+
+
+def table_headers(batch_sizes: list[int], *, step_memory: bool = False) -> list[str]:
     per_batch: list[str] = []
     for bs in batch_sizes:
         per_batch += [f"bs{bs} P50 / P95 / P99 ms", f"bs{bs} samples/s (speedup)"]
@@ -101,14 +110,16 @@ def table_headers(batch_sizes: list[int]) -> list[str]:
         *per_batch,
         "Size MB",
         "Peak mem MB",
+        *(["Step peak mem MB"] if step_memory else []),
         "Agreement / max |Δlogit|",
         "Step time s",
     ]
 
 
 def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) -> list[list[Cell]]:
-    """One row of cell texts per stage, in the order of `table_headers`."""
+    """One row of cell texts per stage, in the order of `table_headers(..., step_memory=has_step_memory(stages))`."""
     sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
+    step_memory = has_step_memory(stages)
     reference = reference_stage(stages)
     rows = []
     for stage in stages:
@@ -124,6 +135,7 @@ def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) 
         row += [
             Cell(fmt_number(stage.size_mb), numeric=True),
             Cell(fmt_number(stage.peak_memory_mb), numeric=True),
+            *([Cell(_step_memory_text(stage), numeric=True)] if step_memory else []),
             Cell(_fidelity_text(stage), numeric=True),
             Cell(fmt_number(stage.duration_s) if stage.kind != "baseline" else "–", numeric=True),
         ]
@@ -156,6 +168,13 @@ def _latency_cells(stage: StageResult, reference: StageResult | None, batch_size
     if ratio is not None:
         throughput += f" (×{ratio:.2f})"
     return [Cell(spread, numeric=True), Cell(throughput, numeric=True)]
+
+
+def _step_memory_text(stage: StageResult) -> str:
+    text = fmt_number(stage.step_peak_memory_mb)
+    if stage.step_peak_cuda_memory_mb is not None:
+        text += f" (GPU {fmt_number(stage.step_peak_cuda_memory_mb)})"
+    return text
 
 
 def _fidelity_text(stage: StageResult) -> str:

@@ -7,19 +7,52 @@ and a new backend is one new file.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from compress.config import Task
 from compress.errors import DataError
 
 
-class Runtime(ABC):
-    """Runs tokenized batches and returns logits as float32 numpy arrays.
+@dataclass(frozen=True)
+class HiddenStates:
+    """A causal LM's final hidden states (batch, seq, hidden) and the head that maps them to logits.
 
-    Text classification: logits of shape (batch, num_labels). Causal LM: (batch, seq, vocab).
+    The PyTorch runtime returns this instead of logits when the head alone gives the model's logits, so a
+    reduction can apply the head to a few positions at a time and (batch, seq, vocab) logits never exist.
+    """
+
+    states: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor]
+    width: int  # logits per position (the vocabulary size), so a reduction can size its chunks
+
+    def logits(self) -> torch.Tensor:
+        """All logits at once (what the chunked reductions avoid; for tests and small inputs)."""
+        with torch.inference_mode():  # the states are inference tensors: autograd must not record the head
+            return self.head(self.states)
+
+
+# What `Runtime.predict` returns: numpy from exported graphs, tensors on the device from PyTorch.
+RuntimeOutput = np.ndarray | torch.Tensor | HiddenStates
+
+
+def as_tensor(outputs: RuntimeOutput) -> torch.Tensor:
+    """Any runtime's output as a tensor where it already is (numpy: on the CPU, sharing memory)."""
+    if isinstance(outputs, HiddenStates):
+        return outputs.logits()
+    return torch.as_tensor(outputs)
+
+
+class Runtime(ABC):
+    """Runs tokenized batches and returns the model's outputs, which the task adapter reduces.
+
+    Exported runtimes return float32 numpy logits; the PyTorch runtime returns tensors on its device (and,
+    for causal LMs, may return `HiddenStates`) so the reduction runs there and only its result reaches
+    the host. Text classification: logits of shape (batch, num_labels). Causal LM: (batch, seq, vocab).
     Inputs are int64 arrays named as the tokenizer names them (input_ids, attention_mask, token_type_ids);
     a runtime uses those its model takes and ignores the rest.
     """
@@ -33,8 +66,8 @@ class Runtime(ABC):
         self.max_length = max_length
 
     @abstractmethod
-    def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Logits for one batch."""
+    def predict(self, batch: Mapping[str, np.ndarray]) -> RuntimeOutput:
+        """The outputs for one batch; device work may still be queued (see `synchronize`)."""
 
     @abstractmethod
     def size_bytes(self) -> int:
@@ -45,6 +78,10 @@ class Runtime(ABC):
 
     def synchronize(self) -> None:  # noqa: B027  (optional hook: CPU runtimes have nothing to wait for)
         """Wait for queued device work, so timings are honest (CUDA runtimes override this)."""
+
+    def generation_speed(self, prompt_ids: np.ndarray, new_tokens: int) -> dict[str, float] | None:
+        """Prefill/decode speed for a (1, P) prompt, for runtimes that generate with a KV cache; else None."""
+        return None
 
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Free the session or model."""

@@ -1,4 +1,8 @@
-"""PyTorch eager runtime: the model a step produced, on CPU or CUDA."""
+"""PyTorch eager runtime: the model a step produced, on CPU or CUDA.
+
+`predict` returns what the task adapter's forward gives (`TaskAdapter.torch_forward`), left on the device:
+the task's reduction runs there, so e.g. a causal LM's per-token NLL never brings logits to the host.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import torch
 
 from compress.models.handle import ModelHandle
 from compress.models.serialize import state_tensors
-from compress.models.size import count_parameters
-from compress.runtime.base import Runtime
+from compress.models.size import count_parameters, saved_weight_bytes
+from compress.runtime.base import Runtime, RuntimeOutput
+from compress.tasks import get_task
 
 
 class TorchRuntime(Runtime):
@@ -24,6 +29,7 @@ class TorchRuntime(Runtime):
         self.device = self.torch_device.type
         self.model = handle.model.to(self.torch_device).eval()
         self._input_names = set(self._forward_inputs())
+        self._forward = get_task(handle.task).torch_forward(self.model)
 
     def _forward_inputs(self) -> list[str]:
         import inspect
@@ -35,18 +41,30 @@ class TorchRuntime(Runtime):
         ]
 
     @torch.inference_mode()
-    def predict(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict(self, batch: Mapping[str, np.ndarray]) -> RuntimeOutput:
         inputs = {
             k: torch.from_numpy(np.asarray(v)).to(self.torch_device) for k, v in batch.items() if k in self._input_names
         }
-        logits = self.model(**inputs).logits
-        return logits.float().cpu().numpy()
+        return self._forward(inputs)
+
+    def generation_speed(self, prompt_ids: np.ndarray, new_tokens: int) -> dict[str, float] | None:
+        from compress.evaluate.decode import measure_decode
+
+        if not hasattr(self.model, "generate"):  # not a generative model
+            return None
+        prompt = torch.from_numpy(np.asarray(prompt_ids, dtype=np.int64)).to(self.torch_device)
+        return measure_decode(self.model, prompt, new_tokens)
 
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
 
     def size_bytes(self) -> int:
+        """The saved weight files when the runner saved this model; else the tensors' bytes in memory."""
+        if self.handle.saved_dir is not None:
+            on_disk = saved_weight_bytes(self.handle.saved_dir)
+            if on_disk:
+                return on_disk
         return sum(t.numel() * t.element_size() for t in state_tensors(self.model).values())
 
     def num_parameters(self) -> int:

@@ -20,6 +20,11 @@ class StepConfig(Schema):
     """Fields every step accepts, besides its own."""
 
     label: str | None = Field(None, description="Stage name in the report; default: the step's name.")
+    source: str | None = Field(
+        None,
+        description="Start from this earlier stage (`baseline` or a step's label) instead of the previous step, "
+        "e.g. to compare several methods applied to the same model.",
+    )
     max_accuracy_drop: float | None = Field(
         None, ge=0, description="Stop the recipe if this step worsens the primary metric by more than this."
     )
@@ -42,10 +47,6 @@ class StageContext:
     seed: int = 0
     base_dir: Path = Path()  # relative paths in step settings are relative to the recipe's folder
 
-    @property
-    def primary_metric(self) -> str:
-        return self.eval_spec.metric
-
 
 class Step(ABC):
     name: ClassVar[str]
@@ -53,6 +54,9 @@ class Step(ABC):
     # A step that produces the model later stages should be judged against (e.g. finetune makes the teacher)
     # sets this; recipe gates then compare with its result rather than the untrained baseline.
     sets_reference: ClassVar[bool] = False
+    # The runner evaluates the model reloaded from the saved stage rather than the one in memory (steps that write
+    # a new checkpoint format set this, so a save/load bug cannot hide behind a correct in-memory model).
+    evaluate_saved: ClassVar[bool] = False
     progress: bool = True  # the runner turns progress bars off with `--quiet`
 
     def __init__(self, config: StepConfig | None = None, **kwargs: Any) -> None:
@@ -60,7 +64,10 @@ class Step(ABC):
 
     @abstractmethod
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
-        """Return the transformed model; never mutate the input in place (the runner may still need it)."""
+        """Return the transformed model. The step may transform `model` in place and return it (or a handle
+        around the same module): the runner treats the input as consumed and reloads the earlier stage from
+        its saved folder when something names it again. Copying the model is never needed, and at billions
+        of parameters not affordable."""
 
     @property
     def label(self) -> str:
@@ -72,5 +79,6 @@ class Step(ABC):
 
     def cache_key(self) -> dict[str, Any]:
         # Settings that cannot change the result stay out of the key, so toggling them reuses the cache.
-        unchanged_result = {"label", "progress", "checkpoint_every", "keep_checkpoints", "eval_every"}
+        # `source` is in the key already: the runner chains each step's key from its source stage's key.
+        unchanged_result = {"label", "source", "progress", "checkpoint_every", "keep_checkpoints", "eval_every"}
         return {"step": self.name, "config": self.config.model_dump(mode="json", exclude=unchanged_result)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar, Literal
 
 import torch
@@ -34,4 +33,4 @@ class Cast(Step):
             raise ConfigError(
                 "cannot cast a dynamic-INT8 model", where="steps.cast", fix="put `cast` before `dynamic_int8`"
             )
-        return model.replace(model=copy.deepcopy(model.model).to(DTYPES[self.config.dtype]))
+        return model.replace(model=model.model.to(DTYPES[self.config.dtype]))  # in place: Module.to returns it

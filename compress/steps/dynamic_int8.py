@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import ClassVar, Literal
 
@@ -52,6 +51,7 @@ class DynamicInt8(Step):
         if self.config.engine != "auto":
             torch.backends.quantized.engine = self.config.engine
         params = {"per_channel": self.config.per_channel, "skip": list(self.config.skip)}
-        # The quantized kernels are CPU-only, so the copy is made on the CPU.
-        quantized = quantize_dynamic_int8(copy.deepcopy(model.model).cpu().float(), **params)
+        # In place (the runner reloads the float stage if it is needed again), on the CPU: the quantized
+        # kernels are CPU-only.
+        quantized = quantize_dynamic_int8(model.model.cpu().float(), **params)
         return model.replace(model=quantized, transforms=[*model.transforms, {"name": self.name, **params}])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,6 +12,7 @@ from compress.data.text_data import TextData
 from compress.errors import ConfigError, DataError
 from compress.models.handle import ModelHandle
 from compress.steps.base import StageContext, Step, StepConfig
+from compress.tasks import get_task, task_names
 from compress.train import TrainResult, TrainSettings, forward_inputs, tokenize_rows, train
 from compress.train.fingerprint import hash_json, model_fingerprint, tokenizer_fingerprint
 from compress.train.loop import Evaluate
@@ -55,6 +55,17 @@ def finetune_classifier(
     )
 
 
+def require_training_task(model: ModelHandle, step: str) -> None:
+    """finetune and distill train a classifier on labels: refuse tasks whose adapter does not support that."""
+    if not get_task(model.task).supports_training:
+        trainable = " or ".join(f"`model.task: {name}`" for name in task_names(supporting_training=True))
+        raise ConfigError(
+            f"{step} trains text classifiers on labelled data; the {model.task} task does not support training",
+            where=f"steps.{step}",
+            fix=f"remove the {step} step, or set {trainable}",
+        )
+
+
 def check_labels(data: TextData, num_labels: int, step: str) -> None:
     if data.labels is None:
         raise DataError(
@@ -80,20 +91,16 @@ class Finetune(Step):
     sets_reference: ClassVar[bool] = True
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
-        if model.task != "text-classification":
-            raise ConfigError(
-                f"finetune trains text classifiers; this model's task is {model.task}",
-                where="steps.finetune",
-                fix="remove the finetune step, or set `model.task: text-classification`",
-            )
+        require_training_task(model, "finetune")
         data = ctx.train_data()
         check_labels(data, model.model.config.num_labels, "finetune")
 
         def evaluate(trained: torch.nn.Module) -> dict[str, float]:
-            return ctx.score(model.replace(model=copy.deepcopy(trained).cpu().float().eval()))
+            # Scored as it is, on its device; the training loop puts it back in train mode afterwards.
+            return ctx.score(model.replace(model=trained))
 
         result = finetune_classifier(
-            copy.deepcopy(model.model).float(),
+            model.model.float(),  # trained in place: the runner reloads the untrained stage if it is needed
             model.tokenizer,
             data,
             self.config.model_copy(update={"progress": self.config.progress and self.progress}),

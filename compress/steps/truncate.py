@@ -22,6 +22,7 @@ from compress.evaluate.metrics import resolve_metric
 from compress.gates import metric_drop
 from compress.models.handle import ModelHandle
 from compress.steps.base import StageContext, Step, StepConfig
+from compress.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class Truncate(Step):
         reference_length = model.max_length or ctx.eval_spec.max_length
         if limit is not None:
             reference_length = min(reference_length, limit)
-        metric = ctx.primary_metric
+        metric = get_task(model.task).primary_metric(ctx.eval_spec)
         higher_better = resolve_metric(metric, model.task, where="evaluate.metric").higher_is_better
         budget = self.config.max_accuracy_drop or 0.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +22,7 @@ from compress.steps.distill.objective import DistillationObjective, LossWeights,
 from compress.steps.distill.student import encoder_layers, select_layers, smaller_student
 from compress.steps.distill.teacher_cache import cached_teacher_logits
 from compress.steps.distill.unlabeled import read_unlabeled
-from compress.steps.finetune import check_labels
+from compress.steps.finetune import check_labels, require_training_task
 from compress.train import forward_inputs, tokenize_rows, train
 from compress.train.batches import IGNORE_LABEL
 from compress.train.fingerprint import hash_json, model_fingerprint, tokenizer_fingerprint
@@ -40,9 +39,9 @@ class Distill(Step):
         cfg = self.config.model_copy(update={"progress": self.config.progress and self.progress})
         seed = cfg.seed if cfg.seed is not None else ctx.seed
         teacher_handle = self._teacher(model)
-        # The incoming model is copied: the runner may still evaluate or save it.
-        teacher = copy.deepcopy(teacher_handle.model) if teacher_handle is model else teacher_handle.model
-        teacher = teacher.float().eval().requires_grad_(False)
+        # The incoming model is the teacher itself, not a copy: it is frozen and only read, and the step
+        # returns a new student (the runner treats the incoming stage as consumed either way).
+        teacher = teacher_handle.model.float().eval().requires_grad_(False)
         set_seed(seed)
         student, tokenizer = build_student(cfg.student, teacher, teacher_handle, seed)
         student.requires_grad_(True)  # a student copied from the teacher inherits its frozen flags
@@ -56,6 +55,7 @@ class Distill(Step):
                 fix="set alpha_hidden and alpha_attn to 0, or use a student with the teacher's vocabulary",
             )
         attn_implementation = student.config._attn_implementation
+        teacher_attn_implementation = teacher.config._attn_implementation
         if cfg.alpha_attn > 0:  # fused attention kernels do not return the attention probabilities
             teacher.set_attn_implementation("eager")
             student.set_attn_implementation("eager")
@@ -78,8 +78,8 @@ class Distill(Step):
             return module(inputs, batch["labels"], outputs)
 
         def evaluate(trained: torch.nn.Module) -> dict[str, float]:
-            scored = copy.deepcopy(trained.student).cpu().float().eval()
-            return ctx.score(model.replace(model=scored, tokenizer=tokenizer, transforms=[]))
+            # Scored as it is, on its device; the training loop puts it back in train mode afterwards.
+            return ctx.score(model.replace(model=trained.student, tokenizer=tokenizer, transforms=[]))
 
         key = hash_json(
             [
@@ -106,16 +106,12 @@ class Distill(Step):
         trained: PreTrainedModel = result.model.student
         if cfg.alpha_attn > 0:
             trained.set_attn_implementation(attn_implementation)
+            teacher.set_attn_implementation(teacher_attn_implementation)  # the teacher is the caller's model
         return model.replace(model=trained.cpu().float().eval(), tokenizer=tokenizer, transforms=[])
 
     def _teacher(self, model: ModelHandle) -> ModelHandle:
         if self.config.teacher is None:
-            if model.task != "text-classification":
-                raise ConfigError(
-                    f"distill trains text classifiers; this model's task is {model.task}",
-                    where="steps.distill",
-                    fix="remove the distill step, or set `model.task: text-classification`",
-                )
+            require_training_task(model, "distill")
             if model.transforms:
                 names = ", ".join(t["name"] for t in model.transforms)
                 raise ConfigError(

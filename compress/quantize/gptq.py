@@ -1,0 +1,181 @@
+"""GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers").
+
+Columns are quantized one at a time and each column's rounding error is pushed onto the columns not yet quantized,
+weighted by the inverse Hessian of the layer-wise objective ‖X Wᵀ - X Ŵᵀ‖², H = 2/n Σ x xᵀ. This follows the
+reference `gptq.py` of IST-DASLab as carried over by AutoGPTQ, GPTQModel and llm-compressor: dead columns, relative
+dampening, the upper Cholesky factor of H⁻¹, lazy block updates, act_order and static groups. One deliberate
+difference: a group's parameters come from its fully updated weights (see `_effective_block_size`), where the
+reference reads columns of the current block that have not yet received that block's earlier updates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compress.quantize.rtn import compute_qparams, dequantize_columns, grouped, quantize_columns
+from compress.quantize.scheme import QuantizedWeight, QuantScheme
+
+# Dampening fractions tried after the requested one when a Cholesky factorisation fails (an ill-conditioned H:
+# too few calibration tokens for the layer width, or nearly collinear inputs). Each is 10x the last; at 10x the
+# mean diagonal H is nearly diagonal and GPTQ degrades gracefully towards RTN.
+_RETRY_DAMPENING = (0.1, 1.0, 10.0)
+
+
+def accumulate_hessian(hessian: torch.Tensor | None, inputs: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+    """Fold a batch of layer inputs (..., cols) into the running H = 2/n Σ x xᵀ over the n input vectors so far.
+
+    Call it from a forward hook with the running `(hessian, count)`, starting from `(None, 0)`. The reference counts
+    sequences rather than tokens, which only rescales H by the sequence length: GPTQ's result is invariant to
+    that (dampening is relative to the mean diagonal); counting tokens makes H independent of how the
+    calibration tokens were batched. Accumulates in float32 on the inputs' device.
+    """
+    x = inputs.reshape(-1, inputs.shape[-1]).float()
+    if hessian is None:
+        hessian = torch.zeros(x.shape[1], x.shape[1], device=x.device, dtype=torch.float32)
+    added = x.shape[0]
+    if added == 0:
+        return hessian, count
+    total = count + added
+    # Rescaling the old mean before adding keeps H a mean (no huge sums in float32 over many batches).
+    hessian.mul_(count / total)
+    hessian.addmm_(x.t(), x, alpha=2.0 / total)
+    return hessian, total
+
+
+def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp·I)⁻¹, damp = dampening · mean(diag H); consumes `hessian` in place."""
+    diagonal = hessian.diagonal()
+    mean_diagonal = diagonal.mean()
+    applied = 0.0
+    # Retry with a larger damp rather than falling back to RTN: a slightly over-damped GPTQ still beats RTN.
+    for fraction in (dampening, *(f for f in _RETRY_DAMPENING if f > dampening)):
+        diagonal.add_((fraction - applied) * mean_diagonal)
+        applied = fraction
+        lower, info = torch.linalg.cholesky_ex(hessian)
+        if info.item() != 0:
+            continue
+        factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+        if info.item() == 0 and bool(torch.isfinite(factor).all()):
+            return factor
+    raise ValueError(
+        f"GPTQ: the Hessian is not positive definite even with dampening {applied} x its mean diagonal; "
+        "calibrate on more (or more varied) tokens, or quantize this layer with RTN"
+    )
+
+
+def _effective_block_size(block_size: int, group_size: int | None) -> int:
+    """The lazy-update block, rounded to a multiple of the group size so that no group straddles two blocks.
+
+    Inside a block every earlier column's update is applied eagerly, so a group wholly inside the current block is
+    fully updated when the loop reaches its first column and its parameters are computed. The block size only
+    trades memory traffic for speed; the result is otherwise the same.
+    """
+    if group_size is None:
+        return block_size
+    return group_size * max(1, block_size // group_size)
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    scheme: QuantScheme,
+    *,
+    block_size: int = 128,
+    dampening: float = 0.01,
+    act_order: bool = False,
+    static_groups: bool = False,
+) -> tuple[QuantizedWeight, float]:
+    """GPTQ-quantize an (out, cols) weight given its inputs' Hessian (cols, cols) from `accumulate_hessian`.
+
+    `act_order` quantizes columns in order of decreasing H_ii (the most active inputs first, while the most
+    columns remain to absorb their error). Its groups are then runs of the permuted order, recorded in `g_idx`;
+    with `static_groups` every group's parameters are instead fixed up front from the original weight, so column c
+    stays in group c // group_size and no `g_idx` is needed (g_idx None), a layout every loader supports.
+    Returns the quantized weight and the summed GPTQ loss Σ (w - q)² / (2 [H⁻¹]_cc²) of the reference.
+    Works in float32 on the weight's device; `hessian` is not modified.
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
+    rows, columns = weight.shape
+    scheme.check(columns)
+    if hessian.shape != (columns, columns):
+        raise ValueError(f"Hessian shape {tuple(hessian.shape)} does not match the weight's {columns} columns")
+    if block_size <= 0 or dampening < 0:
+        raise ValueError(f"block_size must be positive and dampening non-negative, got {block_size}, {dampening}")
+    device = weight.device
+    W = weight.detach().to(dtype=torch.float32, copy=True)
+    H = hessian.detach().to(device=device, dtype=torch.float32, copy=True)
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError("GPTQ: the Hessian has non-finite entries (inf/nan in the calibration activations?)")
+
+    # An input that is always zero gives no information: any value works, so take 0 and keep H invertible.
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    group_size = scheme.group_size
+    # Parameters fixed before the loop: per channel (one group), or every group from the original weight.
+    fixed_scale: torch.Tensor | None = None
+    fixed_zero: torch.Tensor | None = None
+    if group_size is None or static_groups:
+        fixed_scale, fixed_zero = compute_qparams(grouped(W, scheme), scheme)
+
+    perm: torch.Tensor | None = None
+    if act_order:
+        perm = torch.argsort(H.diagonal(), descending=True, stable=True)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+
+    Hinv = _inverse_hessian_factor(H, dampening)
+    del H
+
+    values = torch.empty(rows, columns, dtype=torch.int8, device=device)
+    losses = torch.zeros(rows, device=device)
+    groups = scheme.groups(columns)
+    # Filled group by group when the parameters follow the updated weights (dynamic groups).
+    scale = fixed_scale if fixed_scale is not None else torch.empty(rows, groups, device=device)
+    zero_point = fixed_zero
+    if fixed_scale is None and not scheme.symmetric:
+        zero_point = torch.empty(rows, groups, dtype=torch.int8, device=device)
+    original_column = perm if perm is not None else torch.arange(columns, device=device)
+    # A Python list: indexing a device tensor per column would synchronise the GPU once per column.
+    column_group = (original_column // (group_size or columns)).tolist()
+
+    block = _effective_block_size(block_size, group_size)
+    for i1 in range(0, columns, block):
+        i2 = min(i1 + block, columns)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            column = i1 + i
+            if fixed_scale is None and group_size is not None and column % group_size == 0:
+                # The group lies inside this block, and W1 holds every update of the columns before it.
+                group_scale, group_zero = compute_qparams(W1[:, i : i + group_size], scheme)
+                scale[:, column // group_size] = group_scale
+                if zero_point is not None and group_zero is not None:
+                    zero_point[:, column // group_size] = group_zero
+            g = column // group_size if fixed_scale is None else column_group[column]
+            col_scale = scale[:, g]
+            col_zero = None if zero_point is None else zero_point[:, g]
+
+            w = W1[:, i]
+            q_int = quantize_columns(w, col_scale, col_zero, scheme)
+            values[:, column] = q_int
+            err = (w - dequantize_columns(q_int, col_scale, col_zero)) / Hinv1[i, i]
+            W1[:, i:].sub_(torch.outer(err, Hinv1[i, i:]))
+            Err1[:, i] = err
+        # The reference's loss Σ (w - q)² / d² / 2 is Σ err² / 2: summed once per block, not per column.
+        losses += Err1.pow(2).sum(dim=1) / 2
+        # Lazy batch update: the columns after this block receive its accumulated error in one matmul.
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    g_idx: torch.Tensor | None = None
+    if perm is not None:
+        inverse = torch.argsort(perm)
+        values = values[:, inverse]
+        if group_size is not None and not static_groups:
+            # Permuted position p is in group p // group_size; g_idx maps each original column to its group.
+            g_idx = (inverse // group_size).to(torch.int32)
+    quantized = QuantizedWeight(values=values, scale=scale, zero_point=zero_point, scheme=scheme, g_idx=g_idx)
+    return quantized, float(losses.sum().item())

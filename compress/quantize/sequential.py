@@ -1,0 +1,112 @@
+"""Layer-by-layer calibration: the engine GPTQ and AWQ share.
+
+The calibration windows run through the model up to the first decoder layer once; then each layer in turn is
+moved to the calibration device, given to the algorithm (which hooks its Linear modules, replays the layer's
+inputs as often as it needs, and quantizes the layer in place), replayed once more so the next layer sees the
+*quantized* layer's outputs (as in the GPTQ reference), and moved back. Only one layer and the activations
+between two layers are on the device at a time, so a model larger than the GPU still quantizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from compress.architectures.decoder import decoder_layers
+
+log = logging.getLogger("compress")
+
+# The algorithm's callback: (layer index, the layer on the device, replay) — replay runs every calibration
+# batch through the layer and returns its outputs.
+LayerCallback = Callable[[int, torch.nn.Module, Callable[[], list[torch.Tensor]]], None]
+
+
+class _ReachedFirstLayer(Exception):
+    """Raised by the capture hook: nothing past the first decoder layer needs to run."""
+
+
+@dataclass
+class _LayerCall:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def with_hidden_states(self, hidden: torch.Tensor) -> _LayerCall:
+        if self.args:
+            return _LayerCall((hidden, *self.args[1:]), self.kwargs)
+        return _LayerCall((), {**self.kwargs, "hidden_states": hidden})
+
+
+def _hidden_states(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def _capture_first_layer_calls(
+    model: torch.nn.Module, layers: torch.nn.ModuleList, batches: list[torch.Tensor], device: torch.device
+) -> list[_LayerCall]:
+    """Run embeddings (and whatever precedes layer 0) on `device`; keep what layer 0 was called with."""
+    calls: list[_LayerCall] = []
+
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append(_LayerCall(args, kwargs))
+        raise _ReachedFirstLayer
+
+    # Everything but the layers goes to the device (embeddings, rotary tables, final norm, head): detach the
+    # layers while moving so they stay where they are.
+    parent_path, _, attribute = _layers_path(model).rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    original_device = next(model.parameters()).device
+    setattr(parent, attribute, torch.nn.ModuleList())
+    model.to(device)
+    setattr(parent, attribute, layers)
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for input_ids in batches:
+                with contextlib.suppress(_ReachedFirstLayer):
+                    model(input_ids=input_ids.to(device), use_cache=False)
+    finally:
+        handle.remove()
+        setattr(parent, attribute, torch.nn.ModuleList())
+        model.to(original_device)
+        setattr(parent, attribute, layers)
+    return calls
+
+
+def _layers_path(model: torch.nn.Module) -> str:
+    from compress.architectures.decoder import decoder_map
+
+    return decoder_map(model).layers
+
+
+def calibrate_layer_by_layer(
+    model: torch.nn.Module,
+    batches: list[torch.Tensor],
+    device: torch.device,
+    on_layer: LayerCallback,
+    *,
+    progress: bool = True,
+    desc: str = "quantize",
+) -> None:
+    """Give each decoder layer, on `device`, to `on_layer` with a replay of its calibration inputs."""
+    layers = decoder_layers(model)
+    calls = _capture_first_layer_calls(model, layers, batches, device)
+    for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
+        layer = layers[index]
+        home = next(layer.parameters()).device
+        layer.to(device)
+
+        def replay(layer: torch.nn.Module = layer, calls: list[_LayerCall] = calls) -> list[torch.Tensor]:
+            with torch.no_grad():
+                return [_hidden_states(layer(*call.args, **call.kwargs)) for call in calls]
+
+        on_layer(index, layer, replay)
+        outputs = replay()  # the next layer is calibrated on this layer's quantized outputs
+        calls = [call.with_hidden_states(out) for call, out in zip(calls, outputs, strict=True)]
+        layer.to(home)
+        log.debug("%s: layer %d/%d done", desc, index + 1, len(layers))

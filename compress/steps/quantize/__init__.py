@@ -1,0 +1,1 @@
+"""LLM weight quantization steps: `rtn`, `gptq`, `awq` (math in `compress.quantize`)."""

@@ -1,0 +1,183 @@
+"""What every weight-quantization step does around its algorithm: select modules, check shapes before any
+work, quantize in place, and record the checkpoint's `quantization_config` (compressed-tensors layout)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from compress.config import DataSpec
+from compress.data.text_data import TextData
+from compress.errors import ConfigError
+from compress.models.handle import ModelHandle
+from compress.quantize.calibration import calibration_windows
+from compress.quantize.memory_estimate import check_fits, estimate_layerwise
+from compress.quantize.scheme import QuantizedWeight
+from compress.quantize.targets import check_patterns, select_linears
+from compress.steps.base import StageContext, Step
+from compress.steps.quantize.config import CalibratedConfig, PeerBackendConfig, WeightQuantConfig
+
+log = logging.getLogger("compress")
+
+
+def check_group_size(linears: dict[str, torch.nn.Linear], group_size: int | None, where: str) -> None:
+    """Every selected layer's input width must be a multiple of the group size (SmolLM2's 576 is not of 128)."""
+    if group_size is None:
+        return
+    bad = {name: m.in_features for name, m in linears.items() if m.in_features % group_size}
+    if bad:
+        widths = sorted({m.in_features for m in linears.values()})
+        fits = [g for g in (32, 64, 128, 256) if all(w % g == 0 for w in widths)]
+        name, width = next(iter(bad.items()))
+        raise ConfigError(
+            f"group_size {group_size} does not divide the input width of {len(bad)} layer(s), e.g. {name} ({width})",
+            where=f"{where}.group_size",
+            fix=f"use a group size that divides {widths}: {fits or 'none of 32/64/128/256'}, or null (per channel)",
+        )
+
+
+def already_quantized(model: torch.nn.Module) -> bool:
+    config = getattr(model.config, "quantization_config", None)
+    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+    return method == "compressed-tensors"
+
+
+class WeightQuantStep(Step):
+    """Base of `rtn`, `gptq`, `awq`: quantizes the selected Linear layers of the model it is given, in place."""
+
+    Config: ClassVar[type[WeightQuantConfig]] = WeightQuantConfig
+    config: WeightQuantConfig
+    evaluate_saved: ClassVar[bool] = True  # judged after save → reload of its compressed-tensors checkpoint
+
+    def __init__(self, config: WeightQuantConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._details: dict[str, Any] = {}
+
+    def details(self) -> dict[str, Any]:
+        return self._details
+
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        from compress.models.compressed_tensors import quantization_config
+
+        where = self.name
+        check_patterns(self.config.targets, f"{where}.targets")
+        check_patterns(self.config.ignore, f"{where}.ignore")
+        if already_quantized(model.model):
+            raise ConfigError(
+                "the model is already weight-quantized by an earlier step",
+                where=where,
+                fix="quantize once per recipe: remove one of the quantization steps",
+            )
+        linears = select_linears(model.model, self.config.targets, self.config.ignore, where)
+        check_group_size(linears, self.config.group_size, where)
+        started = time.perf_counter()
+        self.quantize(model, linears, ctx)
+        scheme = self.config.scheme
+        model.model.config.quantization_config = quantization_config(
+            dict.fromkeys(self.config.targets, scheme), self.config.ignore, actorder=self.checkpoint_actorder()
+        )
+        self._details.update(quantized_modules=len(linears), quantize_seconds=round(time.perf_counter() - started, 2))
+        return model
+
+    def checkpoint_actorder(self) -> str | None:
+        """The checkpoint's `actorder` field: None, or GPTQ's "static" / "group" column ordering."""
+        return None
+
+    @abstractmethod
+    def quantize(self, model: ModelHandle, linears: dict[str, torch.nn.Linear], ctx: StageContext) -> None:
+        """Replace each of `linears` in `model.model` by its quantized form."""
+
+
+def replace_in(root: torch.nn.Module, quantized: dict[str, QuantizedWeight]) -> None:
+    """Swap each named Linear under `root` for a QuantizedLinear computing in the Linear's dtype."""
+    from compress.models.compressed_tensors import replace_linears
+
+    if not quantized:
+        return
+    dtype = root.get_submodule(next(iter(quantized))).weight.dtype
+    replace_linears(root, quantized, dtype)
+
+
+class CalibratedStep(WeightQuantStep):
+    """A method that observes activations (GPTQ, AWQ): calibration windows, memory check, layer by layer."""
+
+    Config: ClassVar[type[CalibratedConfig]] = CalibratedConfig
+    config: CalibratedConfig
+
+    def check_memory(self, network: torch.nn.Module, statistics_bytes: int, ctx: StageContext) -> None:
+        """Print the pre-flight memory estimate and refuse, before any work, a run that will not fit."""
+        if not self.config.memory_check:
+            return
+        from compress.architectures.decoder import decoder_layers
+
+        spec = self.config.calibration
+        estimate = estimate_layerwise(
+            network,
+            decoder_layers(network),
+            samples=spec.samples,
+            seq_len=spec.seq_len,
+            batch_size=spec.batch_size,
+            device=ctx.device,
+            statistics_bytes=statistics_bytes,
+        )
+        self._details["memory_estimate"] = estimate.as_dict()
+        if self.progress:
+            print(f"{self.name}: {estimate.describe()}", flush=True)
+        check_fits(estimate, self.name)
+
+    def calibration_batches(self, model: ModelHandle, ctx: StageContext) -> list[torch.Tensor]:
+        spec = self.config.calibration
+        seed = ctx.seed if spec.seed is None else spec.seed
+        windows = calibration_windows(
+            model.tokenizer,
+            self._calibration_text(ctx),
+            spec.samples,
+            spec.seq_len,
+            seed,
+            where=f"{self.name}.calibration",
+        )
+        return list(windows.split(spec.batch_size))
+
+    def _calibration_text(self, ctx: StageContext) -> TextData:
+        spec = self.config.calibration
+        if spec.data is None:
+            # Enough documents for the windows: short ones (C4's median is ~400 tokens) need many.
+            return ctx.calibration_data(max(1000, 8 * spec.samples))
+        from compress.data.load import load_text_data
+
+        data_spec = DataSpec(path=spec.data, text=spec.text, label=None)
+        return load_text_data(
+            data_spec, "train", task="causal-lm", base_dir=ctx.base_dir, where=f"{self.name}.calibration.data"
+        )
+
+
+class PeerBackedStep(CalibratedStep):
+    """GPTQ and AWQ: `backend: llmcompressor` runs llm-compressor on the same windows, into the same checkpoint."""
+
+    Config: ClassVar[type[PeerBackendConfig]] = PeerBackendConfig
+    config: PeerBackendConfig
+
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        if self.config.backend == "llmcompressor":  # fail before any work when it cannot run
+            from compress.steps.quantize.llmcompressor_backend import check_llmcompressor_config, require_llmcompressor
+
+            require_llmcompressor(self.name)
+            check_llmcompressor_config(self.name, self.config)
+        return super().apply(model, ctx)
+
+    def quantized_by_peer(self, model: ModelHandle, batches: list[torch.Tensor], ctx: StageContext) -> bool:
+        """Run llm-compressor when the config asks for it; True when it did (the native algorithm is skipped)."""
+        if self.config.backend != "llmcompressor":
+            return False
+        from compress.steps.quantize.llmcompressor_backend import quantize_with_llmcompressor
+
+        self._details.update(
+            quantize_with_llmcompressor(
+                self.name, model.model, model.tokenizer, self.config, batches, ctx.device, ctx.work_dir
+            )
+        )
+        return True

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from compress.architectures.decoder import decoder_layers
+from compress.architectures.decoder import decoder_layers, decoder_map
 
 log = logging.getLogger("compress")
 
@@ -58,7 +58,7 @@ def _capture_first_layer_calls(
 
     # Everything but the layers goes to the device (embeddings, rotary tables, final norm, head): detach the
     # layers while moving so they stay where they are.
-    parent_path, _, attribute = _layers_path(model).rpartition(".")
+    parent_path, _, attribute = decoder_map(model).layers.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     original_device = next(model.parameters()).device
     setattr(parent, attribute, torch.nn.ModuleList())
@@ -76,12 +76,6 @@ def _capture_first_layer_calls(
         model.to(original_device)
         setattr(parent, attribute, layers)
     return calls
-
-
-def _layers_path(model: torch.nn.Module) -> str:
-    from compress.architectures.decoder import decoder_map
-
-    return decoder_map(model).layers
 
 
 def calibrate_layer_by_layer(

@@ -234,9 +234,14 @@ def quantization_config(
         }
         for i, ((scheme, order), targets) in enumerate(groups.items())
     }
+    return checkpoint_config(FORMAT, config_groups, ignore)
+
+
+def checkpoint_config(format: str, config_groups: dict[str, Any], ignore: Sequence[str]) -> dict[str, Any]:
+    """The `quantization_config` envelope around config groups, as compressed-tensors writes it."""
     return {
         "quant_method": QUANT_METHOD,
-        "format": FORMAT,
+        "format": format,
         "config_groups": config_groups,
         "ignore": list(ignore),
         "quantization_status": "compressed",

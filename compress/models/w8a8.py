@@ -275,22 +275,10 @@ def _scheme() -> dict[str, dict[str, Any]]:
 
 def w8a8_quantization_config(targets: Sequence[str], ignore: Sequence[str] = ()) -> dict[str, Any]:
     """config.json's `quantization_config` for W8A8Linears in compressed-tensors' `int-quantized` format."""
-    from compress.models.compressed_tensors import QUANT_METHOD, _installed_version
+    from compress.models.compressed_tensors import checkpoint_config
 
-    return {
-        "quant_method": QUANT_METHOD,
-        "format": FORMAT,
-        "config_groups": {
-            "group_0": {"targets": list(targets), **_scheme(), "output_activations": None, "format": FORMAT}
-        },
-        "ignore": list(ignore),
-        "quantization_status": "compressed",
-        "kv_cache_scheme": None,
-        "global_compression_ratio": None,
-        "sparsity_config": {},
-        "transform_config": {},
-        "version": _installed_version(),
-    }
+    group = {"targets": list(targets), **_scheme(), "output_activations": None, "format": FORMAT}
+    return checkpoint_config(FORMAT, {"group_0": group}, ignore)
 
 
 def _check_group(name: str, group: Mapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ warm-up and is not counted.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -37,7 +38,11 @@ def measure_decode(
         steps = []
         for _ in range(new_tokens):
             began = time.perf_counter()
-            output = model(input_ids=token, past_key_values=cache, use_cache=True)
+            with warnings.catch_warnings():
+                # transformers >= 5.2x renames `past_key_values` to `cache` with a FutureWarning on every call;
+                # the old name is the one every supported release (the GPU machine's 5.17 too) accepts.
+                warnings.simplefilter("ignore", FutureWarning)
+                output = model(input_ids=token, past_key_values=cache, use_cache=True)
             token = output.logits[:, -1:].argmax(-1)
             _synchronize(device)
             steps.append(time.perf_counter() - began)

@@ -1,5 +1,6 @@
 """Sessions: `tests` (what CI runs), `demo` (the bundled recipe, offline), `lint`, `docs`, `llmcompressor` (the
-llm-compressor backend's tests, in a venv of their own: it pins transformers)."""
+llm-compressor backend's tests, in a venv of their own: it pins transformers), `autoround` (the auto-round
+backend's tests: importing auto-round patches transformers process-wide)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def install(session: nox.Session, extras: str) -> None:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    install(session, "onnx,openvino,coreml,llm,test")
+    install(session, "onnx,openvino,coreml,llm,bnb,test")
     session.run(
         "pytest",
         "-q",
@@ -63,6 +64,21 @@ def llmcompressor(session: nox.Session) -> None:
         "-ra",
         "tests/test_llmcompressor_backend.py",
         "tests/test_llmcompressor_missing.py",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+
+
+@nox.session(python="3.11")
+def autoround(session: nox.Session) -> None:
+    """`backend: auto-round` tests, apart: importing auto-round patches transformers functions process-wide."""
+    install(session, "llm,autoround,test")
+    session.run(
+        "pytest",
+        "-q",
+        "-ra",
+        "tests/test_autoround_backend.py",
+        "tests/test_autoround.py",
         *session.posargs,
         env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
     )

@@ -1,11 +1,12 @@
 """LLM 4-bit benchmark: SmolLM2-135M → RTN / GPTQ / AWQ / AutoRound (native) beside llm-compressor's GPTQ and AWQ,
-every stage from the same baseline, saved as a compressed-tensors checkpoint, reloaded from disk and evaluated in
-one run (`benchmarks/recipes/llm-w4-peers.yaml`).
+the auto-round package and bitsandbytes, every stage from the same baseline, saved (compressed-tensors, or
+transformers' bitsandbytes layout), reloaded from disk and evaluated in one run
+(`benchmarks/recipes/llm-w4-peers.yaml`).
 
     python benchmarks/bench_llm_w4.py --gpu        # the issue's protocol, on a CUDA GPU
     python benchmarks/bench_llm_w4.py              # CPU (slow: hours for GPTQ on 2 cores)
 
-Writes benchmarks/results/llm-w4[-gpu].json and docs/benchmarks/llm-w4[-gpu].md.
+Writes benchmarks/results/llm-w4.json and docs/benchmarks/llm-w4.md (GPU), or llm-w4-cpu.* (CPU).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def method_row(stage: StageResult) -> dict[str, Any]:
     config = stage.config
     return {
         "method": stage.step or "fp",
-        "backend": config.get("backend", "native") if stage.kind == "step" else None,
-        "bits": config.get("bits"),
+        "stage": stage.name,
+        "backend": _backend(stage),
+        "bits": config.get("bits", 4 if config.get("mode") in ("nf4", "fp4") else 8 if "mode" in config else None),
         "group_size": config.get("group_size"),
         "perplexity": stage.metrics.get("perplexity"),
         "quantize_seconds": stage.duration_s if stage.kind == "step" else None,
@@ -41,6 +43,16 @@ def method_row(stage: StageResult) -> dict[str, Any]:
     }
 
 
+def _backend(stage: StageResult) -> str | None:
+    if stage.kind != "step":
+        return None
+    if stage.step == "bnb":
+        return f"bitsandbytes {stage.config.get('mode')}"
+    if stage.step == "cast":
+        return str(stage.config.get("dtype"))
+    return stage.config.get("backend", "native")
+
+
 def summarize(stages: list[StageResult]) -> dict[str, Any]:
     by_method = {s.name: s for s in stages if s.kind == "step"}
     baseline = stages[0]
@@ -50,6 +62,20 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
         summary[f"{method}_ppl"] = stage.metrics.get("perplexity") if stage else None
         summary[f"{method}_seconds"] = round(stage.duration_s, 1) if stage else None
     summary["autoround_backend"] = "native"
+    package = by_method.get("autoround-package")
+    package_ok = package is not None and package.status == "ok"
+    summary["autoround_package_ppl"] = package.metrics.get("perplexity") if package_ok else None
+    summary["autoround_package_seconds"] = round(package.duration_s, 1) if package_ok else None
+    for mode in ("nf4", "int8"):
+        stage = by_method.get(f"bnb-{mode}")
+        summary[f"bnb_{mode}_ppl"] = stage.metrics.get("perplexity") if stage and stage.status == "ok" else None
+    fp16_mb = baseline.size_mb / 2 if baseline.size_mb else None  # the fp32 baseline's tensors at 2 bytes
+    for name in ("gptq", "gptq-bf16"):
+        stage = by_method.get(name)
+        key = name.replace("-", "_")
+        summary[f"{key}_size_share_of_fp16"] = (
+            round(stage.size_mb / fp16_mb, 3) if stage and stage.size_mb and fp16_mb else None
+        )
     for method in ("gptq", "awq"):
         stage = by_method.get(f"{method}-llmcompressor")
         ok = stage is not None and stage.status == "ok"
@@ -86,6 +112,10 @@ def _targets(summary: dict[str, Any]) -> dict[str, Any]:
         "target_awq_half_llmcompressor_time": below(summary["awq_seconds"], summary["llmcompressor_awq_seconds"], 0.5),
         "best_gap_vs_llmcompressor_gptq_gap": gap_ratio,
         "target_best_gap_le_0.55": None if gap_ratio is None else gap_ratio <= 0.55,
+        "target_autoround_half_package_time": below(
+            summary["autoround_seconds"], summary["autoround_package_seconds"], 0.5
+        ),
+        "target_w4_checkpoint_le_30pct_fp16": below(summary["gptq_bf16_size_share_of_fp16"], 0.30),
     }
 
 
@@ -94,8 +124,9 @@ def finish(record: dict[str, Any], name: str) -> None:
     record["stage_rows"] = record["rows"]
     record["rows"] = record["summary"].pop("method_rows")
     atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(record, indent=2) + "\n")
-    head = "| method | backend | perplexity | quantize s | step peak host / GPU MB | size MB | decode tok/s | P99 ms |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    head = "| stage | method | backend | perplexity | quantize s | step peak host / GPU MB | size MB | decode tok/s "
+    head += "| P99 ms |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
     def fmt(value: float | None, digits: int = 1) -> str:
         return "—" if value is None else f"{value:,.{digits}f}"
@@ -103,7 +134,7 @@ def finish(record: dict[str, Any], name: str) -> None:
     for row in record["rows"]:
         memory = f"{fmt(row['peak_memory_mb'], 0)} / {fmt(row['peak_gpu_memory_mb'], 0)}"
         lines.append(
-            f"| {row['method']} | {row['backend'] or '—'} | {fmt(row['perplexity'], 2)} "
+            f"| {row['stage']} | {row['method']} | {row['backend'] or '—'} | {fmt(row['perplexity'], 2)} "
             f"| {fmt(row['quantize_seconds'])} | {memory} | {fmt(row['size_mb'])} "
             f"| {fmt(row['decode_tokens_per_s'])} | {fmt(row['p99_decode_ms'])} |"
         )
@@ -123,14 +154,14 @@ def finish(record: dict[str, Any], name: str) -> None:
 
 def main() -> None:
     args = parse_args(__doc__)
-    name = "llm-w4" + ("-gpu" if args.gpu else "")
+    name = "llm-w4" + ("" if args.gpu else "-cpu")  # the issue's protocol is the GPU run
     record = run_benchmark(
         name,
         REPO / "benchmarks" / "recipes" / "llm-w4-peers.yaml",
         args.output or Path(f"runs/bench-{name}"),
         summarize,
         recipe_overrides(args),
-        title=f"LLM W4: SmolLM2-135M, RTN / GPTQ / AWQ / AutoRound ({'GPU' if args.gpu else 'CPU'})",
+        title=f"LLM W4: SmolLM2-135M, RTN / GPTQ / AWQ / AutoRound / bitsandbytes ({'GPU' if args.gpu else 'CPU'})",
     )
     finish(record, name)
     print(record["summary"])

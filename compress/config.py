@@ -42,6 +42,18 @@ class ModelSpec(Schema):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights' dtype on load.")
+    device_map: str | dict[str, int | str] | None = Field(
+        None,
+        description="Spread the model over devices as it loads (accelerate): `auto`, `balanced`, `sequential`, or "
+        "a mapping of module name → `cuda:0` / `cpu` / `disk`. Null: load on the CPU and let each stage move it. "
+        "For models larger than one device; calibrated steps still quantize one layer at a time.",
+    )
+    max_memory: dict[str, str] | None = Field(
+        None, description="With `device_map`: the most each device may hold, e.g. {0: 20GiB, cpu: 60GiB}."
+    )
+    offload_folder: str | None = Field(
+        None, description="With `device_map`: the folder that holds the weights mapped to `disk`."
+    )
 
     def __init__(self, source: str | None = None, /, **data: object) -> None:
         if source is not None:

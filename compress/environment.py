@@ -16,6 +16,11 @@ LIBRARIES = (
     "openvino",
     "nncf",
     "coremltools",
+    "triton",
+    "compressed-tensors",
+    "llmcompressor",
+    "auto-round",
+    "bitsandbytes",
 )
 
 

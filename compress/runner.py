@@ -204,7 +204,7 @@ class Runner:
                     source_name,
                 )
             else:
-                handle = _lazy_load(stage_dir / "model")
+                handle = _lazy_load(stage_dir / "model", self.device)
                 self._release(source_name)
                 log.info("stage %s: cached", step.label)
             previous = next(s for s in self.stages if s.name == source_name)
@@ -269,7 +269,7 @@ class Runner:
         """Forget a stage's in-memory model: it reloads from its folder (the baseline from its source)."""
         stage_dir, handle, key = self.models[name]
         if not callable(handle):
-            loader = self._load_source if name == "baseline" else _lazy_load(stage_dir / "model")
+            loader = self._load_source if name == "baseline" else _lazy_load(stage_dir / "model", self.device)
             self.models[name] = (stage_dir, loader, key)
 
     def _baseline(self, key: str) -> None:
@@ -296,8 +296,10 @@ class Runner:
         # The evaluation split's label names size a classifier's head; tasks without labels have none.
         handle = load_model(self.recipe.model, label_names=self.data.eval.label_names)
         if handle.max_length is None:
+            # The task's length: the tokenizer limit for classifiers, the perplexity window for causal LMs.
+            wanted = get_task(handle.task).default_max_length(self.recipe.evaluate)
             context = getattr(handle.model.config, "max_position_embeddings", None)
-            handle.max_length = min(self.recipe.evaluate.max_length, context or self.recipe.evaluate.max_length)
+            handle.max_length = min(wanted, context or wanted)
         return handle
 
     def _run_step(
@@ -323,7 +325,7 @@ class Runner:
         barrier()
         if step.evaluate_saved:
             # What is evaluated is what was written: a bug in the checkpoint format shows as a bad stage.
-            new_handle = load_handle(stage_dir / "model")
+            new_handle = load_handle(stage_dir / "model", self.device)
         new_handle.saved_dir = stage_dir / "model"  # its size is now the bytes of these files
         result = StageResult(
             name=step.label,
@@ -402,11 +404,11 @@ class Runner:
         fields["step_peak_cuda_memory_mb"] = gpu.peak_mb if gpu is not None else None
 
 
-def _lazy_load(model_dir: Path) -> Callable[[], ModelHandle]:
+def _lazy_load(model_dir: Path, device: torch.device) -> Callable[[], ModelHandle]:
     def load() -> ModelHandle:
         from compress.models.serialize import load_handle
 
-        handle = load_handle(model_dir)
+        handle = load_handle(model_dir, device)
         handle.saved_dir = model_dir
         return handle
 

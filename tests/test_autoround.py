@@ -4,7 +4,7 @@ deterministic) and the `autoround` step on a tiny random Llama (replaces, beats 
 from __future__ import annotations
 
 import copy
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,11 +168,15 @@ def test_group_size_that_does_not_divide_fails_before_work(
     assert all_plain(tiny_llama)
 
 
-def test_package_backend_is_refused_before_work(tiny_llama: ModelHandle, wiki: TextData, tmp_path: Path) -> None:
-    expected = MissingExtra if importlib.util.find_spec("auto_round") is None else ConfigError
-    with pytest.raises(expected) as error:
+def test_missing_autoround_package_names_the_fix(
+    tiny_llama: ModelHandle, wiki: TextData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes `import auto_round` raise ImportError, as if it were not installed.
+    monkeypatch.setitem(sys.modules, "auto_round", None)
+    with pytest.raises(MissingExtra) as error:
         AutoRound(group_size=16, backend="auto-round", calibration=CALIBRATION).apply(
             tiny_llama, context(wiki, tmp_path)
         )
-    assert error.value.where == "autoround.backend" and "backend: native" in str(error.value)
-    assert all_plain(tiny_llama)
+    assert error.value.where == "autoround.backend"
+    assert 'pip install "compress[autoround]"' in error.value.fix and "backend: native" in error.value.fix
+    assert all_plain(tiny_llama) and not list(tmp_path.iterdir())

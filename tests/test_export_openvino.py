@@ -122,6 +122,22 @@ def test_llm_weight_compression_int8_and_int4(tiny_llama, sst2_dev, tmp_path) ->
     assert TorchRuntime(tiny_llama).size_bytes() > 2 * weight_bytes[0] and weight_bytes[0] > weight_bytes[1]
 
 
+def test_causal_lm_logits_outlive_the_next_batch(tiny_llama, sst2_dev, tmp_path) -> None:
+    """Each batch's logits are an array of their own: still right after a larger batch made OpenVINO grow (and
+    free) its output buffer, which a view of that buffer would not survive. Weight-compressed MatMuls keep
+    float activations (no dynamic INT8 quantization) under the default `inference_precision: f32`."""
+    _, runtime = export(tiny_llama, context(sst2_dev, tmp_path), tmp_path / "ov", weight_compression="int8")
+    assert runtime.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+    reference = TorchRuntime(tiny_llama)
+    rng = np.random.default_rng(0)
+    feeds = [rng.integers(0, tiny_llama.tokenizer.vocab_size, size=shape) for shape in ((1, 8), (2, 40), (1, 4))]
+    got = [runtime.predict({"input_ids": ids, "attention_mask": np.ones_like(ids)}) for ids in feeds]
+    for ids, logits in zip(feeds, got, strict=True):
+        expected = as_tensor(reference.predict({"input_ids": ids, "attention_mask": np.ones_like(ids)})).numpy()
+        assert logits.flags.owndata and logits.shape == expected.shape == (*ids.shape, tiny_llama.tokenizer.vocab_size)
+        assert np.abs(logits - expected).max() < 0.05 * np.abs(expected).max()
+
+
 def test_exporting_a_dynamic_int8_model_is_a_clear_export_error(tiny_bert, sst2_dev, tmp_path) -> None:
     quantized = DynamicInt8().apply(tiny_bert, context(sst2_dev, tmp_path))
     with pytest.raises(ExportError, match=r"dynamic_int8[\s\S]*quantize: int8") as info:

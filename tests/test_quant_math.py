@@ -150,6 +150,25 @@ def test_gptq_beats_rtn_on_correlated_inputs(
     assert loss > 0
 
 
+@pytest.mark.parametrize(("act_order", "static_groups"), [(False, False), (True, False), (True, True)])
+def test_gptq_of_stacked_rows_equals_gptq_of_each(
+    correlated: tuple[torch.Tensor, torch.Tensor, torch.Tensor], act_order: bool, static_groups: bool
+) -> None:
+    """Rows are independent given H: the GPTQ step quantizes q/k/v (sharing an input) as one stacked matrix."""
+    weight, _x, hessian = correlated
+    scheme = QuantScheme(4, 64, False)
+    options = {"act_order": act_order, "static_groups": static_groups}
+    stacked, stacked_loss = gptq_quantize(weight, hessian, scheme, **options)
+    parts = stacked.split_rows([40, 24])
+    for part, rows in zip(parts, (weight[:40], weight[40:]), strict=True):
+        alone, _ = gptq_quantize(rows, hessian, scheme, **options)
+        assert torch.equal(part.values, alone.values) and torch.equal(part.scale, alone.scale)
+        assert part.zero_point is not None and alone.zero_point is not None
+        assert torch.equal(part.zero_point, alone.zero_point)
+        assert (part.g_idx is None) == (alone.g_idx is None)
+    assert stacked_loss > 0
+
+
 def test_gptq_symmetric_and_per_channel(correlated: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
     weight, x, hessian = correlated
     for scheme in (QuantScheme(4, 64, True), QuantScheme(4, None, False)):

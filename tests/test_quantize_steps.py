@@ -146,12 +146,13 @@ def test_recipe_compares_methods_from_one_baseline(tiny_llama: ModelHandle, tmp_
             "steps": [
                 {"rtn": {"source": "baseline", "group_size": 16}},
                 {"gptq": {"source": "baseline", "group_size": 16, "calibration": calibration}},
+                {"cast": {"source": "gptq", "label": "gptq-bf16", "dtype": "bfloat16"}},
             ],
         },
         base_dir=tmp_path,
     )
     result = recipe.run(tmp_path / "run")
-    baseline, rtn, gptq = result.stages
+    baseline, rtn, gptq, half = result.stages
     assert rtn.source == "baseline" and gptq.source == "baseline"
     assert all(s.status == "ok" for s in result.stages)
     # Each method starts from the unquantized weights and is evaluated from its saved checkpoint.
@@ -161,6 +162,9 @@ def test_recipe_compares_methods_from_one_baseline(tiny_llama: ModelHandle, tmp_
     for stage in result.stages:
         assert stage.metrics["decode_tokens_per_s"] > 0 and stage.metrics["decode_p99_ms"] > 0
     assert gptq.step_peak_memory_mb is not None and gptq.details["quantized_modules"] == 14
+    # The quantized checkpoint with its float tensors (embeddings, norms, scales) in bfloat16: smaller again.
+    assert half.source == "gptq" and half.size_mb < 0.6 * gptq.size_mb
+    assert half.metrics["perplexity"] == pytest.approx(gptq.metrics["perplexity"], rel=0.02)
 
 
 def test_step_source_must_be_an_earlier_stage(tmp_path: Path) -> None:
@@ -175,3 +179,26 @@ def test_step_source_must_be_an_earlier_stage(tmp_path: Path) -> None:
             }
         )
     assert error.value.where == "steps[0].rtn.source" and "baseline" in error.value.fix
+
+
+def test_perplexity_windows_follow_seq_len_not_the_tokenizer_limit(tiny_llama: ModelHandle, tmp_path: Path) -> None:
+    """`evaluate.seq_len` sets a causal LM's windows; `evaluate.max_length` (a classifier's tokenizer limit) must not
+    cap them (it did: every LLM stage was scored on 512-token windows whatever seq_len said)."""
+    from compress.recipe import Recipe
+
+    tiny_llama.model.save_pretrained(tmp_path / "tiny")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "tiny")
+    rows = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()][:40]
+    (tmp_path / "eval.txt").write_text("\n".join(rows), encoding="utf-8")
+    recipe = Recipe.from_dict(
+        {
+            "model": {"source": str(tmp_path / "tiny"), "task": "causal-lm"},
+            "data": {"path": "eval.txt", "label": None},
+            "evaluate": {"batch_sizes": [1], "seq_len": 128, "max_length": 32, "decode_tokens": 0},
+            "steps": [],
+        },
+        base_dir=tmp_path,
+    )
+    (baseline,) = recipe.run(tmp_path / "run").stages
+    tokens = len(tiny_llama.tokenizer("\n\n".join(rows))["input_ids"])
+    assert baseline.eval_samples in (tokens // 128, -(-tokens // 128))

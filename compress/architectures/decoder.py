@@ -70,3 +70,13 @@ def decoder_map(model: torch.nn.Module) -> DecoderMap:
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return model.get_submodule(decoder_map(model).layers)
+
+
+def shared_input_groups(model: torch.nn.Module, names: list[str]) -> list[tuple[str, ...]]:
+    """`names` (modules of one layer, relative to it) grouped by the input they read: a mapping's balance layers
+    see the same tensor (q/k/v, gate/up), so one set of input statistics serves them all. Modules of a
+    balance tuple that are not all in `names` stay alone, as does every module no mapping names."""
+    chosen = set(names)
+    groups = [m.balance for m in decoder_map(model).scale_mappings if len(m.balance) > 1 and chosen >= set(m.balance)]
+    grouped = {name for group in groups for name in group}
+    return groups + [(name,) for name in names if name not in grouped]

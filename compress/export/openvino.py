@@ -139,7 +139,11 @@ class OpenVinoExporter(Exporter):
             "Inputs are int64 tensors of shape (batch, sequence); both axes are dynamic.",
             "Install the runtime with `pip install openvino`.",
             f"compress measured it with PERFORMANCE_HINT={cfg.performance_hint.upper()}"
-            + (" and INFERENCE_PRECISION_HINT=f32" if cfg.inference_precision == "f32" else "")
+            + (
+                " and INFERENCE_PRECISION_HINT=f32, DYNAMIC_QUANTIZATION_GROUP_SIZE=0"
+                if cfg.inference_precision == "f32"
+                else ""
+            )
             + "; pass the same config to `compile_model` to reproduce its numbers.",
         ]
         if cfg.quantize == "int8":
@@ -151,6 +155,13 @@ class OpenVinoExporter(Exporter):
             )
         if cfg.weight_compression != "none":
             notes.append(f"Weights compressed to {cfg.weight_compression} by NNCF (data-free); activations stay float.")
+        if cfg.weight_compression.startswith("int4"):
+            # NNCF's defaults (all_layers off, backup mode INT8_ASYM), which the bare mode name does not tell.
+            notes.append(
+                f"INT4 covers the MatMul weights in groups of {cfg.group_size} inputs (ratio {cfg.ratio:g}: that "
+                "share of their parameters, the rest INT8); the embedding and the last MatMul (the LM head) stay INT8 "
+                "asymmetric per output channel, and a head tied to the embedding shares that INT8 weight."
+            )
         return notes
 
     def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.config import ModelSpec, Task
-from compress.errors import ModelError
+from compress.errors import ConfigError, ModelError
 from compress.models.handle import ModelHandle
 from compress.models.source import resolve_source
 from compress.registry import TASKS
@@ -45,6 +46,7 @@ def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHa
     tokenizer = _load_tokenizer(resolved.path, common)
     task = get_task(spec.task)
     kwargs: dict = {"dtype": getattr(torch, spec.dtype), **common, **task.model_kwargs(spec, label_names)}
+    kwargs.update(_placement(spec))
     try:
         model: PreTrainedModel = task.auto_class.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as exc:
@@ -64,6 +66,33 @@ def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHa
         model.is_quantized = False
     model.eval()
     return ModelHandle(model=model, tokenizer=tokenizer, task=spec.task, label_names=label_names)
+
+
+def _placement(spec: ModelSpec) -> dict[str, Any]:
+    """accelerate's big-model loading arguments, when the recipe spreads the model over devices."""
+    if spec.device_map is None:
+        for field in ("max_memory", "offload_folder"):
+            if getattr(spec, field) is not None:
+                raise ConfigError(
+                    f"`{field}` only applies when the model is spread over devices",
+                    where=f"model.{field}",
+                    fix="set `model.device_map` (e.g. auto), or remove the field",
+                )
+        return {}
+    placement: dict[str, Any] = {"device_map": spec.device_map}
+    if spec.max_memory is not None:
+        # YAML keys are strings; accelerate names GPUs by index.
+        placement["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in spec.max_memory.items()}
+    mapping = spec.device_map.values() if isinstance(spec.device_map, dict) else ()
+    if "disk" in mapping or spec.offload_folder is not None:
+        if spec.offload_folder is None:
+            raise ConfigError(
+                "the device map sends weights to `disk` but names no folder for them",
+                where="model.offload_folder",
+                fix="set `model.offload_folder` to a folder with room for the offloaded weights",
+            )
+        placement["offload_folder"] = spec.offload_folder
+    return placement
 
 
 def _load_tokenizer(path: str, common: dict) -> PreTrainedTokenizerBase:

@@ -4,7 +4,8 @@ Weight-quantized LLM stages (`rtn`, `gptq`, `awq`) are saved in the compressed-t
 weights, scales and zero points, `quantization_config` in config.json), so transformers and vLLM load the same
 folder. Dynamic-INT8 Linear layers keep packed weights that neither `save_pretrained` nor safetensors understand;
 they are stored as their int8 values plus scale and zero point, so the file holds the real INT8 weights
-and loading never unpickles anything.
+and loading never unpickles anything. bitsandbytes stages (`bnb`) are written and read by transformers itself
+(`save_pretrained` / `from_pretrained`): its own bitsandbytes layout, the one other tools load.
 """
 
 from __future__ import annotations
@@ -71,9 +72,14 @@ def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_handle(handle: ModelHandle, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    handle.model.config.save_pretrained(directory)
+    if _quant_method(handle.model.config) == "bitsandbytes":
+        # transformers' own bitsandbytes layout (int8 weights + row scales, or packed 4-bit codes + quant-state
+        # tensors): only its save_pretrained writes it, and from_pretrained rebuilds the bitsandbytes layers.
+        handle.model.save_pretrained(directory)
+    else:
+        handle.model.config.save_pretrained(directory)
+        save_file(state_tensors(handle.model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     handle.tokenizer.save_pretrained(directory)
-    save_file(state_tensors(handle.model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     meta = {
         "task": handle.task,
         "max_length": handle.max_length,
@@ -83,12 +89,33 @@ def save_handle(handle: ModelHandle, directory: Path) -> None:
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def load_handle(directory: Path) -> ModelHandle:
+def load_handle(directory: Path, device: torch.device | str = "cpu") -> ModelHandle:
+    """A saved stage. Stages load on the CPU and the runtime moves them, except bitsandbytes ones, which load
+    straight onto `device` (the device they will run on)."""
     meta_path = directory / META_FILE
     if not meta_path.exists():
         raise ModelError(f"{directory} is not a saved compress stage (no {META_FILE})")
     meta = json.loads(meta_path.read_text())
     config = AutoConfig.from_pretrained(directory)
+    if _quant_method(config) == "bitsandbytes":
+        from compress.steps.quantize.bnb import load_bnb_checkpoint
+
+        model = load_bnb_checkpoint(directory, AUTO_CLASSES[meta["task"]], device)
+    else:
+        model = _load_weights(directory, config, meta)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return ModelHandle(
+        model=model,
+        tokenizer=tokenizer,
+        task=meta["task"],
+        max_length=meta["max_length"],
+        label_names=meta["label_names"],
+        transforms=meta["transforms"],
+    )
+
+
+def _load_weights(directory: Path, config: object, meta: dict) -> torch.nn.Module:
+    """A compress-written stage: the architecture from its config, its transforms replayed, its tensors loaded."""
     model = AUTO_CLASSES[meta["task"]].from_config(config)
     if _quant_method(config) == "compressed-tensors":  # packed weights: QuantizedLinear modules to load into
         from compress.models.compressed_tensors import build_quantized_skeleton
@@ -115,16 +142,7 @@ def load_handle(directory: Path) -> ModelHandle:
     _load_quantized(model, tensors)
     if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    return ModelHandle(
-        model=model,
-        tokenizer=tokenizer,
-        task=meta["task"],
-        max_length=meta["max_length"],
-        label_names=meta["label_names"],
-        transforms=meta["transforms"],
-    )
+    return model.eval()
 
 
 def _as_dict(quantization_config: object) -> dict:

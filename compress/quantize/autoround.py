@@ -231,10 +231,18 @@ def tune_block(
         scheme.check(module.in_features)
     lr = 1.0 / max(iters, 1) if lr is None else lr
     minmax_lr = lr if minmax_lr is None else minmax_lr
-    weights = {name: module.weight.detach().float() for name, module in linears.items()}
     dtypes = {name: module.weight.dtype for name, module in linears.items()}
-    params = {name: LearnedRounding.initial(w, scheme) for name, w in weights.items()}
-    best = {name: p.detached() for name, p in params.items()}
+    # Every step fake-quantizes every weight: Linears of one input width are stacked along their rows and
+    # quantized as one matrix (the grid is per row and group, so the result is the same), which turns seven small
+    # chains of kernels per step into two on a Llama layer. Tuning is launch-bound on a GPU.
+    stacks: dict[int, list[str]] = {}
+    for name, module in linears.items():
+        stacks.setdefault(module.in_features, []).append(name)
+    names = list(stacks.values())
+    rows = [[linears[n].out_features for n in group] for group in names]
+    weights = [torch.cat([linears[n].weight.detach().float() for n in group]) for group in names]
+    params = [LearnedRounding.initial(w, scheme) for w in weights]
+    best = [p.detached() for p in params]
     initial_loss: float | None = None
     best_loss, best_step = math.inf, None
     sampler = _CallSampler([t.shape[0] for t in targets], batch_size, seed)
@@ -243,7 +251,7 @@ def tune_block(
     trainable = [p for p in block.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
-    for p in params.values():
+    for p in params:
         for t in p.tensors():
             t.requires_grad_(True)
     try:
@@ -253,10 +261,12 @@ def tune_block(
                 elements = sum(targets[i].numel() for i in batch)
                 loss = 0.0
                 for i in batch:
-                    substitutes = {
-                        f"{name}.weight": fake_quantize_learned(weights[name], *p.tensors(), scheme).to(dtypes[name])
-                        for name, p in params.items()
-                    }
+                    substitutes = {}
+                    for group, sizes, weight, p in zip(names, rows, weights, params, strict=True):
+                        parts = fake_quantize_learned(weight, *p.tensors(), scheme).split(sizes)
+                        substitutes.update(
+                            {f"{n}.weight": part.to(dtypes[n]) for n, part in zip(group, parts, strict=True)}
+                        )
                     args, kwargs = calls[i]
                     output = _hidden_states(functional_call(block, substitutes, args, kwargs))
                     squared = (output.float() - targets[i].float()).pow(2).sum()
@@ -267,10 +277,10 @@ def tune_block(
                     initial_loss = loss
                 if loss < best_loss:
                     best_loss, best_step = loss, step
-                    best = {name: p.detached() for name, p in params.items()}
+                    best = [p.detached() for p in params]
                 decay = 1.0 - step / iters  # torch's LinearLR(start_factor=1, end_factor=0, total_iters=iters)
                 with torch.no_grad():
-                    for p in params.values():
+                    for p in params:
                         for tensor, rate in ((p.v, lr), (p.alpha, minmax_lr), (p.beta, minmax_lr)):
                             if tensor.grad is not None:
                                 tensor.sub_(rate * decay * tensor.grad.sign())
@@ -279,10 +289,15 @@ def tune_block(
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    quantized = {name: final_quantize(weights[name], *best[name].tensors(), scheme) for name in weights}
+    quantized: dict[str, QuantizedWeight] = {}
+    kept: dict[str, LearnedRounding] = {}
+    for group, sizes, weight, p in zip(names, rows, weights, best, strict=True):
+        quantized.update(zip(group, final_quantize(weight, *p.tensors(), scheme).split_rows(sizes), strict=True))
+        pieces = zip(*(t.split(sizes) for t in p.tensors()), strict=True)
+        kept.update({n: LearnedRounding(*(t.clone() for t in piece)) for n, piece in zip(group, pieces, strict=True)})
     return TunedBlock(
         quantized=quantized,
-        params=best,
+        params=kept,
         initial_loss=initial_loss,
         best_loss=None if best_step is None else best_loss,
         best_step=best_step,

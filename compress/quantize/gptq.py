@@ -10,6 +10,10 @@ reference reads columns of the current block that have not yet received that blo
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Literal
+
 import torch
 
 from compress.quantize.rtn import compute_qparams, dequantize_columns, grouped, quantize_columns
@@ -75,6 +79,66 @@ def _effective_block_size(block_size: int, group_size: int | None) -> int:
     return group_size * max(1, block_size // group_size)
 
 
+BlockKernel = Literal["auto", "torch", "triton"]
+
+
+def _quantize_block(
+    W: torch.Tensor,
+    Hinv_block: torch.Tensor,
+    first_column: int,
+    width: int,
+    values: torch.Tensor,
+    err: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    group_of_column: torch.Tensor | None,
+    scheme: QuantScheme,
+) -> None:
+    """One lazy block, column by column: codes into `values`, scaled errors into `err` (rows, width).
+
+    W's columns [first_column, first_column + width) are read, not modified. With `group_of_column` None the
+    groups are dynamic: a group's scale and zero point are computed (and written into `scale` / `zero_point`)
+    from its updated weights when the loop reaches its first column — the group lies inside the block
+    (`_effective_block_size`) and every earlier column's update has been applied to it by then.
+    """
+    group_size = scheme.group_size
+    W1 = W[:, first_column : first_column + width].clone()
+    # A Python list: indexing a device tensor per column would synchronise the GPU once per column.
+    fixed_group = None if group_of_column is None else group_of_column.tolist()
+    for i in range(width):
+        column = first_column + i
+        if fixed_group is None:
+            g = column // group_size
+            if column % group_size == 0:
+                group_scale, group_zero = compute_qparams(W1[:, i : i + group_size], scheme)
+                scale[:, g] = group_scale
+                if zero_point is not None and group_zero is not None:
+                    zero_point[:, g] = group_zero
+        else:
+            g = fixed_group[column]
+        col_scale = scale[:, g]
+        col_zero = None if zero_point is None else zero_point[:, g]
+        w = W1[:, i]
+        q_int = quantize_columns(w, col_scale, col_zero, scheme)
+        values[:, column] = q_int
+        e = (w - dequantize_columns(q_int, col_scale, col_zero)) / Hinv_block[i, i]
+        W1[:, i:].sub_(torch.outer(e, Hinv_block[i, i:]))
+        err[:, i] = e
+
+
+def _select_block_kernel(device: torch.device, kernel: BlockKernel) -> Callable[..., None]:
+    """The Triton kernel on CUDA (one launch per block instead of a dozen per column), else the torch loop."""
+    from compress.quantize.gptq_triton import quantize_block_triton, triton_available
+
+    if kernel == "triton" or (kernel == "auto" and device.type == "cuda" and triton_available()):
+        # Triton's CPU interpreter (TRITON_INTERPRET=1) runs the kernel on CPU tensors: slow, for tests only.
+        runs_here = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+        if not runs_here or not triton_available():
+            raise ValueError("GPTQ kernel 'triton' needs a CUDA device and the triton package")
+        return quantize_block_triton
+    return _quantize_block
+
+
 def gptq_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -84,6 +148,7 @@ def gptq_quantize(
     dampening: float = 0.01,
     act_order: bool = False,
     static_groups: bool = False,
+    kernel: BlockKernel = "auto",
 ) -> tuple[QuantizedWeight, float]:
     """GPTQ-quantize an (out, cols) weight given its inputs' Hessian (cols, cols) from `accumulate_hessian`.
 
@@ -92,7 +157,8 @@ def gptq_quantize(
     with `static_groups` every group's parameters are instead fixed up front from the original weight, so column c
     stays in group c // group_size and no `g_idx` is needed (g_idx None), a layout every loader supports.
     Returns the quantized weight and the summed GPTQ loss Σ (w - q)² / (2 [H⁻¹]_cc²) of the reference.
-    Works in float32 on the weight's device; `hessian` is not modified.
+    Works in float32 on the weight's device; `hessian` is not modified. `kernel` runs each lazy block through the
+    torch column loop or the Triton kernel (`auto`: Triton on CUDA when installed); both give the same codes.
     """
     if weight.ndim != 2:
         raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
@@ -137,34 +203,18 @@ def gptq_quantize(
     zero_point = fixed_zero
     if fixed_scale is None and not scheme.symmetric:
         zero_point = torch.empty(rows, groups, dtype=torch.int8, device=device)
-    original_column = perm if perm is not None else torch.arange(columns, device=device)
-    # A Python list: indexing a device tensor per column would synchronise the GPU once per column.
-    column_group = (original_column // (group_size or columns)).tolist()
+    # Fixed parameters: the group each (possibly permuted) column reads them from; None: dynamic groups.
+    group_of_column: torch.Tensor | None = None
+    if fixed_scale is not None:
+        original_column = perm if perm is not None else torch.arange(columns, device=device)
+        group_of_column = original_column // (group_size or columns)
+    quantize_block = _select_block_kernel(device, kernel)
 
     block = _effective_block_size(block_size, group_size)
     for i1 in range(0, columns, block):
         i2 = min(i1 + block, columns)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            column = i1 + i
-            if fixed_scale is None and group_size is not None and column % group_size == 0:
-                # The group lies inside this block, and W1 holds every update of the columns before it.
-                group_scale, group_zero = compute_qparams(W1[:, i : i + group_size], scheme)
-                scale[:, column // group_size] = group_scale
-                if zero_point is not None and group_zero is not None:
-                    zero_point[:, column // group_size] = group_zero
-            g = column // group_size if fixed_scale is None else column_group[column]
-            col_scale = scale[:, g]
-            col_zero = None if zero_point is None else zero_point[:, g]
-
-            w = W1[:, i]
-            q_int = quantize_columns(w, col_scale, col_zero, scheme)
-            values[:, column] = q_int
-            err = (w - dequantize_columns(q_int, col_scale, col_zero)) / Hinv1[i, i]
-            W1[:, i:].sub_(torch.outer(err, Hinv1[i, i:]))
-            Err1[:, i] = err
+        Err1 = torch.empty(rows, i2 - i1, device=device)
+        quantize_block(W, Hinv[i1:i2, i1:i2], i1, i2 - i1, values, Err1, scale, zero_point, group_of_column, scheme)
         # The reference's loss Σ (w - q)² / d² / 2 is Σ err² / 2: summed once per block, not per column.
         losses += Err1.pow(2).sum(dim=1) / 2
         # Lazy batch update: the columns after this block receive its accumulated error in one matmul.

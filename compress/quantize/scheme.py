@@ -74,6 +74,18 @@ class QuantizedWeight:
             self.values.to(device), self.scale.to(device), move(self.zero_point), self.scheme, move(self.g_idx)
         )
 
+    def split_rows(self, sizes: list[int]) -> list[QuantizedWeight]:
+        """The weights of modules quantized stacked along their output rows (GPTQ of q/k/v together), apart."""
+
+        def parts(tensor: torch.Tensor | None) -> list[torch.Tensor | None]:
+            # Copies: views would share one storage, which safetensors refuses to save.
+            return [None] * len(sizes) if tensor is None else [part.clone() for part in tensor.split(sizes)]
+
+        return [
+            QuantizedWeight(values, scale, zero, self.scheme, self.g_idx)
+            for values, scale, zero in zip(parts(self.values), parts(self.scale), parts(self.zero_point), strict=True)
+        ]
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         index = self.group_index()
         scale = self.scale.to(dtype)[:, index]

@@ -87,8 +87,15 @@ def calibrate_layer_by_layer(
     progress: bool = True,
     desc: str = "quantize",
 ) -> None:
-    """Give each decoder layer, on `device`, to `on_layer` with a replay of its calibration inputs."""
+    """Give each decoder layer, on `device`, to `on_layer` with a replay of its calibration inputs.
+
+    On an accelerator the model is first moved to host memory (if it was not there): only the layer being
+    calibrated and the activations occupy the device, so the peak there is that of one layer, whatever the model's
+    size. The model is left in host memory.
+    """
     layers = decoder_layers(model)
+    if device.type != "cpu":
+        model.to("cpu")
     calls = _capture_first_layer_calls(model, layers, batches, device)
     for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
         layer = layers[index]
@@ -102,5 +109,16 @@ def calibrate_layer_by_layer(
         on_layer(index, layer, replay)
         outputs = replay()  # the next layer is calibrated on this layer's quantized outputs
         calls = [call.with_hidden_states(out) for call, out in zip(calls, outputs, strict=True)]
+        del outputs
         layer.to(home)
+        _drop_dequantized_caches(layer)
         log.debug("%s: layer %d/%d done", desc, index + 1, len(layers))
+
+
+def _drop_dequantized_caches(layer: torch.nn.Module) -> None:
+    """Quantized layers keep a dense copy of their weight after a forward (compressed_tensors.QuantizedLinear);
+    after calibration those copies would add up to the float model's size again."""
+    for module in layer.modules():
+        clear = getattr(module, "clear_cache", None)
+        if callable(clear):
+            clear()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from compress.models.handle import ModelHandle
+from compress.models.placement import spread_over_devices
 from compress.models.serialize import state_tensors
 from compress.models.size import count_parameters, saved_weight_bytes
 from compress.runtime.base import Runtime, RuntimeOutput
@@ -27,7 +28,8 @@ class TorchRuntime(Runtime):
         quantized = any(t["name"] == "dynamic_int8" for t in handle.transforms)
         self.torch_device = torch.device("cpu" if quantized else device)  # quantized kernels are CPU-only
         self.device = self.torch_device.type
-        self.model = handle.model.to(self.torch_device).eval()
+        # A model spread over devices at load runs through accelerate's hooks where it lies.
+        self.model = (handle.model if spread_over_devices(handle.model) else handle.model.to(self.torch_device)).eval()
         self._input_names = set(self._forward_inputs())
         self._forward = get_task(handle.task).torch_forward(self.model)
 

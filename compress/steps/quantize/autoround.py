@@ -4,7 +4,6 @@ then store the result as ordinary grouped integer weights."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import time
@@ -14,13 +13,12 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
 
 from compress.architectures.decoder import decoder_layers, decoder_map
-from compress.errors import ConfigError, MissingExtra
 from compress.models.handle import ModelHandle
 from compress.quantize.autoround import capture_calls, tune_block
 from compress.quantize.rtn import rtn_quantize
 from compress.quantize.sequential import calibrate_layer_by_layer
 from compress.steps.base import StageContext
-from compress.steps.quantize.base import CalibratedStep, replace_in
+from compress.steps.quantize.base import CalibratedStep, replace_in, take_layer
 from compress.steps.quantize.config import CalibratedConfig
 
 log = logging.getLogger("compress")
@@ -40,7 +38,9 @@ class AutoRoundConfig(CalibratedConfig):
         "(calibration.batch_size).",
     )
     backend: Literal["native", "auto-round"] = Field(
-        "native", description="Implementation: compress's own (torch), or the auto-round package (not yet)."
+        "native",
+        description="Implementation: compress's own (torch), or Intel's auto-round package (`pip install "
+        '"compress[autoround]"`, auto-round 0.15.1) on the same calibration windows; both save the same checkpoint.',
     )
 
 
@@ -56,19 +56,13 @@ class AutoRound(CalibratedStep):
         return super().apply(model, ctx)
 
     def _check_backend(self) -> None:
+        """Fail before any work when the auto-round backend cannot run (the per-layer checks need the model and
+        run at the start of `quantize`, still before calibration)."""
         if self.config.backend == "native":
             return
-        if importlib.util.find_spec("auto_round") is None:
-            raise MissingExtra(
-                "backend 'auto-round' needs the auto-round package, which is not installed",
-                where=f"{self.name}.backend",
-                fix="pip install auto-round, or use backend: native (the same algorithm in compress)",
-            )
-        raise ConfigError(
-            "backend 'auto-round' is not implemented yet",
-            where=f"{self.name}.backend",
-            fix="use backend: native (the same algorithm in compress)",
-        )
+        from compress.steps.quantize.autoround_backend import require_autoround
+
+        require_autoround(f"{self.name}.backend")
 
     def quantize(self, model: ModelHandle, linears: dict[str, torch.nn.Linear], ctx: StageContext) -> None:
         cfg, scheme = self.config, self.config.scheme
@@ -76,15 +70,29 @@ class AutoRound(CalibratedStep):
         layers = decoder_layers(network)
         prefix = decoder_map(network).layers
         calls_per_step = math.ceil(cfg.batch_size / cfg.calibration.batch_size)
-        self.check_memory(network, self._statistics_bytes(network, linears, prefix, len(layers)), ctx)
+        statistics = self._statistics_bytes(network, linears, prefix, len(layers))
+        if cfg.backend == "auto-round":
+            from compress.steps.quantize.autoround_backend import check_autoround_config
+
+            check_autoround_config(self.name, linears, prefix)
+            linears.clear()  # the backend selects its own; holding these would keep the float layers alive
+            # auto-round keeps the full-precision input stream of every window beside the quantized one.
+            statistics += self._window_activation_bytes(network)
+        self.check_memory(network, statistics, ctx)
         batches = self.calibration_batches(model, ctx)
         spec_seed = cfg.calibration.seed
         seed = ctx.seed if spec_seed is None else spec_seed
+        if cfg.backend == "auto-round":
+            from compress.steps.quantize.autoround_backend import quantize_with_autoround
+
+            self._details.update(
+                quantize_with_autoround(self.name, network, model.tokenizer, cfg, batches, ctx.device, seed)
+            )
+            return
         losses: dict[str, dict[str, float | int | None]] = {}
 
         def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
-            start = f"{prefix}.{index}."
-            here = {n[len(start) :]: m for n, m in linears.items() if n.startswith(start)}
+            here = take_layer(linears, prefix, index)
             if not here:
                 return
             started = time.perf_counter()
@@ -121,10 +129,15 @@ class AutoRound(CalibratedStep):
 
         calibrate_layer_by_layer(network, batches, ctx.device, on_layer, progress=self.progress, desc="autoround")
         # Targets outside the decoder layers see no calibration here: round-to-nearest.
-        rest = {n: m for n, m in linears.items() if not n.startswith(f"{prefix}.")}
-        for name, module in rest.items():
+        for name, module in linears.items():  # what take_layer left: targets outside the decoder layers
             replace_in(network, {name: rtn_quantize(module.weight.detach().float(), scheme)})
         self._details["layer_loss"] = losses
+
+    def _window_activation_bytes(self, network: torch.nn.Module) -> int:
+        """One layer's activations for every calibration window."""
+        cfg = self.config.calibration
+        hidden = int(getattr(network.config, "hidden_size", 0) or 0)
+        return cfg.samples * cfg.seq_len * hidden * next(network.parameters()).element_size()
 
     def _statistics_bytes(
         self, network: torch.nn.Module, linears: dict[str, torch.nn.Linear], prefix: str, count: int
@@ -136,8 +149,7 @@ class AutoRound(CalibratedStep):
         hidden = int(getattr(config, "hidden_size", 0) or 0)
         intermediate = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
         heads = int(getattr(config, "num_attention_heads", 1) or 1)
-        activation_size = next(network.parameters()).element_size()
-        targets = cfg.samples * cfg.seq_len * hidden * activation_size
+        targets = self._window_activation_bytes(network)
         weights = max(
             sum(m.weight.numel() for n, m in linears.items() if n.startswith(f"{prefix}.{i}.")) for i in range(count)
         )

@@ -15,7 +15,7 @@ from compress.quantize.awq import activation_scale_search, apply_awq_scale, clip
 from compress.quantize.rtn import rtn_quantize
 from compress.quantize.sequential import calibrate_layer_by_layer
 from compress.steps.base import StageContext
-from compress.steps.quantize.base import PeerBackedStep, replace_in
+from compress.steps.quantize.base import PeerBackedStep, replace_in, take_layer
 from compress.steps.quantize.config import PeerBackendConfig
 
 # Clipping q/k projections distorts attention scores more than it saves (llm-awq skips them too).
@@ -53,7 +53,7 @@ class AWQ(PeerBackedStep):
 
         def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
             start = f"{prefix}.{index}."
-            here = {n[len(start) :]: m for n, m in linears.items() if n.startswith(start)}
+            here = take_layer(linears, prefix, index)
             mappings = [m for m in arch.scale_mappings if _usable(layer, m, here)]
             # One captured input per group of modules that share it: a mapping's balance layers, or a lone target.
             groups = [m.balance for m in mappings]
@@ -99,8 +99,7 @@ class AWQ(PeerBackedStep):
             replace_in(layer, quantized)
 
         calibrate_layer_by_layer(network, batches, ctx.device, on_layer, progress=self.progress, desc="awq")
-        rest = {n: m for n, m in linears.items() if not n.startswith(f"{prefix}.")}
-        for name, module in rest.items():
+        for name, module in linears.items():  # what take_layer left: targets outside the decoder layers
             replace_in(network, {name: rtn_quantize(module.weight.detach().float(), scheme)})
         self._details["scaled"] = len(applied)
 

@@ -14,6 +14,7 @@ from compress.config import DataSpec
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
+from compress.models.placement import collect_on_host
 from compress.quantize.calibration import calibration_windows
 from compress.quantize.memory_estimate import check_fits, estimate_layerwise
 from compress.quantize.scheme import QuantizedWeight
@@ -43,7 +44,7 @@ def check_group_size(linears: dict[str, torch.nn.Linear], group_size: int | None
 def already_quantized(model: torch.nn.Module) -> bool:
     config = getattr(model.config, "quantization_config", None)
     method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
-    return method == "compressed-tensors"
+    return method is not None  # compressed-tensors (rtn, gptq, awq, …) or bitsandbytes
 
 
 class WeightQuantStep(Step):
@@ -72,15 +73,17 @@ class WeightQuantStep(Step):
                 where=where,
                 fix="quantize once per recipe: remove one of the quantization steps",
             )
+        collect_on_host(model.model, where)
         linears = select_linears(model.model, self.config.targets, self.config.ignore, where)
         check_group_size(linears, self.config.group_size, where)
+        count = len(linears)
         started = time.perf_counter()
         self.quantize(model, linears, ctx)
         scheme = self.config.scheme
         model.model.config.quantization_config = quantization_config(
             dict.fromkeys(self.config.targets, scheme), self.config.ignore, actorder=self.checkpoint_actorder()
         )
-        self._details.update(quantized_modules=len(linears), quantize_seconds=round(time.perf_counter() - started, 2))
+        self._details.update(quantized_modules=count, quantize_seconds=round(time.perf_counter() - started, 2))
         return model
 
     def checkpoint_actorder(self) -> str | None:
@@ -89,7 +92,18 @@ class WeightQuantStep(Step):
 
     @abstractmethod
     def quantize(self, model: ModelHandle, linears: dict[str, torch.nn.Linear], ctx: StageContext) -> None:
-        """Replace each of `linears` in `model.model` by its quantized form."""
+        """Replace each of `linears` in `model.model` by its quantized form (the dict may be consumed)."""
+
+
+def take_layer(linears: dict[str, torch.nn.Linear], prefix: str, index: int) -> dict[str, torch.nn.Linear]:
+    """Remove and return the targets of decoder layer `index`, named relative to the layer.
+
+    Removing them matters: a step that kept every original Linear referenced until it finished would hold the
+    whole float model in memory beside the quantized one.
+    """
+    start = f"{prefix}.{index}."
+    names = [name for name in linears if name.startswith(start)]
+    return {name[len(start) :]: linears.pop(name) for name in names}
 
 
 def replace_in(root: torch.nn.Module, quantized: dict[str, QuantizedWeight]) -> None:

@@ -8,13 +8,13 @@ from typing import ClassVar
 import torch
 from pydantic import Field, PositiveInt
 
-from compress.architectures.decoder import decoder_layers, decoder_map
+from compress.architectures.decoder import decoder_layers, decoder_map, shared_input_groups
 from compress.models.handle import ModelHandle
 from compress.quantize.gptq import accumulate_hessian, gptq_quantize
 from compress.quantize.rtn import rtn_quantize
 from compress.quantize.sequential import calibrate_layer_by_layer
 from compress.steps.base import StageContext
-from compress.steps.quantize.base import PeerBackedStep, replace_in
+from compress.steps.quantize.base import PeerBackedStep, replace_in, take_layer
 from compress.steps.quantize.config import PeerBackendConfig
 
 
@@ -57,27 +57,31 @@ class GPTQ(PeerBackedStep):
         losses: dict[str, float] = {}
 
         def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
-            here = {n[len(f"{prefix}.{index}.") :]: m for n, m in linears.items() if n.startswith(f"{prefix}.{index}.")}
-            hessians: dict[str, tuple[torch.Tensor | None, int]] = dict.fromkeys(here, (None, 0))
+            here = take_layer(linears, prefix, index)
+            # Modules reading one input share its Hessian, and GPTQ treats rows independently: q/k/v (gate/up)
+            # stacked along their rows are one GPTQ problem, quantized in one pass with the same result.
+            groups = shared_input_groups(network, list(here))
+            hessians: dict[tuple[str, ...], tuple[torch.Tensor | None, int]] = dict.fromkeys(groups, (None, 0))
 
-            def observe(name: str):
-                def hook(_module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
-                    hessian, count = hessians[name]
-                    hessians[name] = accumulate_hessian(hessian, inputs[0].detach(), count)
+            def observe(group: tuple[str, ...]):
+                def hook(_module: torch.nn.Module, args: tuple) -> None:
+                    hessian, count = hessians[group]
+                    hessians[group] = accumulate_hessian(hessian, args[0].detach(), count)
 
                 return hook
 
-            handles = [module.register_forward_hook(observe(name)) for name, module in here.items()]
+            handles = [here[group[0]].register_forward_pre_hook(observe(group)) for group in groups]
             try:
                 replay()
             finally:
                 for handle in handles:
                     handle.remove()
             quantized = {}
-            for name, module in here.items():
-                hessian, _count = hessians.pop(name)
+            for group in groups:
+                hessian, _count = hessians.pop(group)
+                weights = [here[name].weight.detach().float() for name in group]
                 qweight, loss = gptq_quantize(
-                    module.weight.detach().float(),
+                    torch.cat(weights) if len(weights) > 1 else weights[0],
                     hessian,
                     scheme,
                     block_size=cfg.block_size,
@@ -85,13 +89,14 @@ class GPTQ(PeerBackedStep):
                     act_order=cfg.act_order,
                     static_groups=cfg.static_groups,
                 )
-                quantized[name] = qweight
-                losses[f"{prefix}.{index}.{name}"] = round(float(loss), 6)
+                del hessian, weights
+                parts = qweight.split_rows([here[name].out_features for name in group])
+                quantized.update(zip(group, parts, strict=True))
+                losses[f"{prefix}.{index}.{'+'.join(group)}"] = round(float(loss), 6)
             replace_in(layer, quantized)
 
         calibrate_layer_by_layer(network, batches, ctx.device, on_layer, progress=self.progress, desc="gptq")
         # Targets outside the decoder layers see no calibration here: round-to-nearest.
-        rest = {n: m for n, m in linears.items() if not n.startswith(f"{prefix}.")}
-        for name, module in rest.items():
+        for name, module in linears.items():
             replace_in(network, {name: rtn_quantize(module.weight.detach().float(), scheme)})
         self._details["layer_loss"] = losses

@@ -23,7 +23,8 @@ class RTN(WeightQuantStep):
 
     def quantize(self, model: ModelHandle, linears: dict[str, torch.nn.Linear], ctx: StageContext) -> None:
         scheme = self.config.scheme
-        for name, linear in tqdm(linears.items(), desc="rtn", unit="layer", disable=not self.progress):
+        for name in tqdm(list(linears), desc="rtn", unit="layer", disable=not self.progress):
+            linear = linears.pop(name)  # the float weight is freed once replaced
             weight = linear.weight.detach().to(ctx.device, torch.float32)
             quantized = rtn_quantize(weight, scheme)
             replace_in(model.model, {name: quantized.to(linear.weight.device)})

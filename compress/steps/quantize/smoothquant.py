@@ -18,7 +18,7 @@ from compress.quantize.sequential import calibrate_layer_by_layer
 from compress.quantize.smoothquant import channel_absmax, outlier_ratio, smoothing_scales
 from compress.steps.base import StageContext
 from compress.steps.quantize.awq import _usable
-from compress.steps.quantize.base import CalibratedStep
+from compress.steps.quantize.base import CalibratedStep, take_layer
 from compress.steps.quantize.config import CalibratedConfig
 
 
@@ -57,8 +57,7 @@ class SmoothQuant(CalibratedStep):
         ratios: list[tuple[float, float]] = []
 
         def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
-            start = f"{prefix}.{index}."
-            here = {n[len(start) :]: m for n, m in linears.items() if n.startswith(start)}
+            here = take_layer(linears, prefix, index)
             mappings = [m for m in arch.scale_mappings if _smoothable(layer, m, here)]
             absmax: dict[tuple[str, ...], torch.Tensor | None] = dict.fromkeys((m.balance for m in mappings), None)
 
@@ -89,7 +88,7 @@ class SmoothQuant(CalibratedStep):
 
         calibrate_layer_by_layer(network, batches, ctx.device, on_layer, progress=self.progress, desc="smoothquant")
         # Targets outside the decoder layers have no mapping: quantized as they are.
-        replace_with_w8a8(network, [n for n in linears if not n.startswith(f"{prefix}.")])
+        replace_with_w8a8(network, list(linears))  # what take_layer left
         self._details.update(_ratio_details(ratios))
 
 

@@ -31,7 +31,8 @@ from compress.quantize.awq import apply_awq_scale
 from compress.quantize.smoothquant import channel_absmax, outlier_ratio, smoothing_scales
 from compress.steps.quantize.smoothquant import SmoothQuant
 
-CPU_KERNELS = ["int_mm"] + (["fbgemm"] if fbgemm_available() else [])
+CPU_KERNELS = ["int_mm"] + (["fbgemm", "fbgemm_act"] if fbgemm_available() else [])
+needs_fbgemm = pytest.mark.skipif(not fbgemm_available(), reason="fbgemm is not in this torch build")
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
@@ -152,21 +153,91 @@ def test_the_int8_path_accumulates_exact_integers(kernel: str) -> None:
         torch.testing.assert_close(layer(x).double(), expected, atol=1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+@pytest.mark.parametrize("tokens", [1, 2, 3])
+def test_decode_sized_worst_cases_are_exact(kernel: str, tokens: int) -> None:
+    """The operands that saturate AVX2's int16 pair sums soonest, at decode sizes (fbgemm may take other code
+    paths for a handful of rows): every sign combination of extreme codes against extreme weights, and codes
+    alternating between the extremes, which `fbgemm_act` splits into its largest uint8 operands (127, 128)."""
+    torch.manual_seed(0)
+    in_features = 512
+    weight = torch.empty(6, in_features, dtype=torch.int8)
+    weight[0], weight[1], weight[2] = 127, -128, 0
+    weight[3, 0::2], weight[3, 1::2] = 127, -128
+    weight[4] = torch.randint(-128, 128, (in_features,), dtype=torch.int8)
+    weight[5, 0::2], weight[5, 1::2] = -128, 127
+    layer = W8A8Linear(in_features, 6, bias=False)
+    layer.weight.copy_(weight)
+    layer.kernel = kernel
+    rows = torch.empty(5, in_features, dtype=torch.int8)
+    rows[0], rows[1] = 127, -128
+    rows[2, 0::2], rows[2, 1::2] = 127, -128
+    rows[3, 0::2], rows[3, 1::2] = -128, 127
+    rows[4, 0::2], rows[4, 1::2] = -127, 126  # odd codes: the two halves differ
+    for start in range(rows.shape[0] - tokens + 1):
+        codes = rows[start : start + tokens]
+        assert torch.equal(layer.accumulate(codes), (codes.long() @ weight.long().t()).float())
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_large_inputs_are_exact_while_the_sums_fit_float32(kernel: str) -> None:
+    """Past 2048 inputs, extreme codes could make one activation half exceed 2**24 while the total does not;
+    `fbgemm_act` halves differ by at most one per code, so they stay exact whenever the total is."""
+    torch.manual_seed(0)
+    in_features = 8192
+    weight = torch.empty(3, in_features, dtype=torch.int8)
+    weight[0, 0::2], weight[0, 1::2] = 127, -127  # cancels against constant codes: a small total
+    weight[1] = torch.randint(-128, 128, (in_features,), dtype=torch.int8)
+    weight[2, : in_features // 2], weight[2, in_features // 2 :] = 127, -128
+    layer = W8A8Linear(in_features, 3, bias=False)
+    layer.weight.copy_(weight)
+    layer.kernel = kernel
+    codes = torch.empty(3, in_features, dtype=torch.int8)
+    codes[0], codes[1] = 127, -128
+    codes[2] = torch.randint(-128, 128, (in_features,), dtype=torch.int8)
+    exact = codes.long() @ weight.long().t()
+    assert exact.abs().max() < 2**24
+    assert torch.equal(layer.accumulate(codes), exact.float())
+
+
+@needs_fbgemm
 def test_kernels_agree_and_tokens_are_independent() -> None:
-    if not fbgemm_available():
-        pytest.skip("fbgemm is not in this torch build")
     torch.manual_seed(0)
     linear = nn.Linear(64, 40)
-    layers = {kernel: W8A8Linear.from_linear(linear) for kernel in ("int_mm", "fbgemm")}
+    layers = {kernel: W8A8Linear.from_linear(linear) for kernel in ("int_mm", *CPU_KERNELS[1:], "auto")}
     for kernel, layer in layers.items():
         layer.kernel = kernel
     x = outlier_inputs(tokens=12, channels=64)
+    x[5] = 0  # an all-zero token: its scale is clamped, its codes are 0
+    reference = layers["int_mm"](x)
+    for kernel, layer in layers.items():
+        # The same integers and the same rescale: the kernels give bit-identical outputs, with or without
+        # autograd recording, whatever the input's leading dimensions.
+        assert torch.equal(layer(x), reference), kernel
+        with torch.no_grad():
+            assert torch.equal(layer(x.reshape(3, 4, 64)), reference.reshape(3, 4, 40)), kernel
+            assert torch.equal(layer(x[7]), reference[7]), kernel  # one unbatched token
+            # per-token scales: a token's output does not depend on its batch
+            assert torch.equal(layer(x[3:4]), reference[3:4]), kernel
+        copied = copy.deepcopy(layer)
+        assert torch.equal(copied(x), reference)
+    assert torch.equal(reference[5], linear.bias.detach())
+    with torch.no_grad():  # prefill-sized: `fbgemm_act` takes a fresh buffer rather than its kept one
+        many = torch.randn(2, 400, 64)
+        assert torch.equal(layers["fbgemm_act"](many), layers["int_mm"](many))
+
+
+@needs_fbgemm
+def test_auto_splits_activations_on_avx2_and_follows_new_weights() -> None:
+    torch.manual_seed(0)
+    layer = W8A8Linear.from_linear(nn.Linear(32, 16))
+    assert layer.resolved_kernel() == ("int_mm" if torch.cpu._is_vnni_supported() else "fbgemm_act")
+    x = torch.randn(5, 32)
     with torch.no_grad():
-        torch.testing.assert_close(layers["fbgemm"](x), layers["int_mm"](x), atol=1e-5, rtol=1e-5)
-        # per-token scales: a token's output does not depend on its batch
-        torch.testing.assert_close(layers["fbgemm"](x[3:4]), layers["fbgemm"](x)[3:4], atol=1e-6, rtol=1e-6)
-        copied = copy.deepcopy(layers["fbgemm"])
-        assert torch.equal(copied(x), layers["fbgemm"](x))
+        layer(x[:1]), layer(x)  # prepares (packs) the kernels' weights
+        other = W8A8Linear.from_linear(nn.Linear(32, 16))
+        layer.load_state_dict(other.state_dict())  # the packed weights must not outlive the weights
+        assert torch.equal(layer(x[:1]), other(x[:1])) and torch.equal(layer(x), other(x))
 
 
 # --- the step ------------------------------------------------------------------------------------------------

@@ -12,29 +12,44 @@ on the other tokens of its batch. The scale is compressed-tensors' symmetric one
 positive value rounds to 128 and is clamped to 127), as for the weights (`compress.quantize.rtn`): transformers'
 simulation of the checkpoint then matches to float rounding. vLLM's int8 kernel divides by 127 instead, which
 moves some roundings by one level, a difference of the order of the quantization error itself. The products are
-accumulated exactly, in integers, then scaled back: `y = (q_x @ q_wᵀ) * s_x * s_w + bias`. Two kernels compute
-the integer product; both give the same integers, so the choice changes speed, not results:
+accumulated exactly, in integers, then scaled back: `y = (q_x @ q_wᵀ) * s_x * s_w + bias`. Three kernels compute
+the integer product; all give the same integers and share the rescale, so the choice changes speed, not results
+(the outputs are bit-identical, tested):
 
 - `int_mm`: `torch._int_mm` (int8 x int8 -> int32). On CUDA it is cuBLAS' int8 GEMM, which needs more than 16
   rows and both other dimensions multiples of 8: inputs are padded with zeros to fit. On CPUs with AVX512-VNNI it
   was the fastest INT8 path measured (1.2-1.8x float32 at 512 tokens on a 16-core Xeon); on an AVX2 CPU without
   VNNI it is 25-70x slower than float32 `F.linear` at prefill sizes.
-- `fbgemm`: the CPU int8 GEMM behind `torch.ops.quantized.linear_dynamic`. That op quantizes its float input
-  itself, per tensor, to uint8, and without VNNI adds pairs of uint8 x int8 products in saturating int16
-  (`vpmaddubsw`), which overflows for full-range int8 operands. Both are sidestepped so that the integers are
-  exactly those of `int_mm`: the per-token codes are given as floats with one extra row spanning [-128, 127]
-  (so the op's own quantization is the identity: scale 1, zero point 128), and, without VNNI, each int8 weight
-  is split into two halves in [-64, 64] (stacked as 2x the output rows, summed afterwards), which keeps every
-  pair sum below 2**15. The split doubles the GEMM's work; on AVX2 it is still far faster than `int_mm`.
+- `fbgemm` and `fbgemm_act`: fbgemm's CPU int8 GEMM through the op
+  `quantized::linear_with_input_q_dq_qweight_dq_output_fp32`, which quantizes its float input to uint8 with the
+  scale and zero point it is given (fused into its packing of the input), multiplies by the packed int8 weight
+  and returns float32 after the zero-point compensation. The codes go in as integer-valued floats with scale 1,
+  so its quantization only adds the zero point. Without VNNI fbgemm adds pairs of uint8 x int8 products in
+  saturating int16 (`vpmaddubsw`), which overflows for full-range operands (255 * 127 * 2 > 2**15); the two
+  kernels avoid that differently:
+  `fbgemm` splits each weight into two halves in [-64, 64] (2x the output rows, summed afterwards; zero point
+  128, pair sums within ±32640), which doubles the weight the GEMM streams; `fbgemm_act` splits each code c
+  into trunc(c / 2) in [-64, 63] and the rest in [-64, 64] (2x the rows; zero point 64, so uint8 operands in
+  [0, 128] against the full int8 weight, pair sums in [-32768, 32512]), which streams the weight once. Decoding
+  one token is bound by reading the weights, so there the second row costs little; for many tokens both splits
+  double the arithmetic. With AVX512-VNNI (uint8 x int8 straight into int32) neither splits. The float32
+  results are exact integers while |sums| < 2**24; `fbgemm_act`'s halves differ by at most one per code, so
+  each stays below 2**24 whenever the total does (for in_features < 2**17).
 
-`kernel = "auto"` picks by those measurements (`python -m compress.models.w8a8`, tables in
-docs/steps/smoothquant.md): `int_mm` on CUDA and on AVX512-VNNI CPUs, `fbgemm` on other CPUs whose torch has it,
-`int_mm` anywhere else.
+`kernel = "auto"` picks by the measurements of `python -m compress.models.w8a8` (tables in
+docs/steps/smoothquant.md): `int_mm` on CUDA and on AVX512-VNNI CPUs, `fbgemm_act` on other CPUs whose torch has
+fbgemm (the fastest exact path there at decode, and level with `fbgemm` for many tokens), `int_mm` anywhere else.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
+import itertools
+import math
+import statistics
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,12 +65,22 @@ from compress.quantize.scheme import QuantizedWeight, QuantScheme
 
 FORMAT = "int-quantized"
 WEIGHT_SCHEME = QuantScheme(bits=8, group_size=None, symmetric=True)
-Kernel = Literal["auto", "int_mm", "fbgemm"]
-_KERNELS = ("auto", "int_mm", "fbgemm")
+Kernel = Literal["auto", "int_mm", "fbgemm", "fbgemm_act"]
+_KERNELS = ("auto", "int_mm", "fbgemm", "fbgemm_act")
+# fbgemm's op that quantizes a float input with given qparams (scale 1: the identity on integer codes), GEMMs
+# against the packed weight and returns float32 with the zero-point compensation applied.
+_FBGEMM_OP = "linear_with_input_q_dq_qweight_dq_output_fp32"
+# Inputs up to this many elements keep their `fbgemm_act` buffer between calls (2 x 128 KiB at most per layer).
+_SCRATCH_MAX_ELEMENTS = 2**15
 # compressed-tensors' symmetric scale divides the absmax by half the int8 range, (127 - (-128)) / 2.
 _HALF_RANGE = 127.5
 # Per-token scales of all-zero tokens: any positive value keeps x / scale finite (the codes are all 0).
 _TINY = torch.finfo(torch.float32).tiny
+_INF = float("inf")
+# The same constants as 0-d CPU tensors: dividing by a Python number wraps it in a new tensor on every call,
+# which at decode costs as much as the division itself; the float32 quotients are the same.
+_HALF_RANGE_CPU = torch.tensor(_HALF_RANGE)
+_TWO_CPU = torch.tensor(2.0)
 # cuBLAS' int8 GEMM behind torch._int_mm on CUDA: rows > 16, inner and output dimensions multiples of 8.
 _CUDA_MIN_ROWS = 17
 _CUDA_ALIGN = 8
@@ -64,20 +89,31 @@ _CUDA_ALIGN = 8
 def quantize_per_token(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 codes of each row of `x` (..., K) and its scale (..., 1): `x ≈ codes * scale`.
 
-    Codes are integer-valued float32 (what the fbgemm path feeds its kernel; `.to(torch.int8)` is exact),
+    Codes are integer-valued float32 (what the fbgemm kernels feed their op; `.to(torch.int8)` is exact),
     written into `out` when given. The scale is absmax / 127.5, compressed-tensors' symmetric convention.
     """
     x = x.float()
-    # ord=inf is max |x| in one reduction (abs then amax is two passes over the activations)
-    scale = (torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True) / _HALF_RANGE).clamp_(min=_TINY)
+    half_range = _HALF_RANGE_CPU if x.device.type == "cpu" else _HALF_RANGE
+    # ord=inf is max |x| in one reduction (abs then amax is two passes over the activations); dividing the
+    # reduction's fresh output in place saves an allocation and computes the same float32 quotient
+    scale = torch.linalg.vector_norm(x, ord=_INF, dim=-1, keepdim=True).div_(half_range).clamp_(min=_TINY)
     codes = torch.div(x, scale, out=out) if out is not None else x / scale
     return codes.round_().clamp_(-128, 127), scale
 
 
+@functools.cache
 def fbgemm_available() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines
+    """fbgemm is in this torch build, with the op that quantizes its float input with given qparams."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, _FBGEMM_OP)
 
 
+def _fbgemm_linear(x: torch.Tensor, zero_point: int, packed: Any) -> torch.Tensor:
+    """fbgemm's u8 x s8 GEMM of integer-valued float32 `x` (..., K), quantized by the op with scale 1 (so the
+    uint8 operand is x + zero_point exactly), as float32 (..., N): exact integers below 2**24."""
+    return getattr(torch.ops.quantized, _FBGEMM_OP)(x, 1.0, zero_point, packed)
+
+
+@functools.cache
 def _has_vnni() -> bool:
     """AVX512-VNNI multiplies uint8 x int8 straight into int32 (no saturating int16 pair sums to avoid)."""
     check = getattr(torch.cpu, "_is_vnni_supported", None)
@@ -91,8 +127,9 @@ def _pad_to(size: int, multiple: int) -> int:
 class W8A8Linear(nn.Module):
     """A Linear computing with int8 weights and per-token dynamic int8 activations (see the module docstring).
 
-    The kernel's prepared weight (fbgemm's packed halves, or the padded transpose for CUDA) is built on first
-    use and kept outside the state dict; it is dropped whenever the buffers change (`to()`, `load_state_dict`).
+    Each kernel's prepared weight (fbgemm's packed weight or halves, the padded transpose for CUDA) and the
+    rescale's float32 weight scales are built on first use and kept outside the state dict; they are dropped
+    whenever the buffers are replaced (`to()`, `load_state_dict`).
     """
 
     def __init__(
@@ -108,7 +145,7 @@ class W8A8Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.kernel: Kernel = "auto"
-        self._prepared: tuple[str, Any] | None = None
+        self._prepared: dict[str, Any] = {}
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
@@ -137,19 +174,21 @@ class W8A8Linear(nn.Module):
             raise ValueError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}")
         if self.kernel != "auto":
             return self.kernel
-        if self.weight.device.type != "cpu" or _has_vnni():
-            return "int_mm"
-        return "fbgemm" if fbgemm_available() and self.in_features > 1 else "int_mm"
+        auto = self._prepared.get("auto")  # decided once per placement: this runs on every forward
+        if auto is None:
+            on_avx2 = self.weight.device.type == "cpu" and not _has_vnni() and fbgemm_available()
+            auto = self._prepared["auto"] = "fbgemm_act" if on_avx2 else "int_mm"
+        return auto
 
     def _prepare(self, kernel: str) -> Any:
-        if self._prepared is not None and self._prepared[0] == kernel:
-            return self._prepared[1]
-        if kernel == "fbgemm":
-            if self.weight.device.type != "cpu" or self.in_features < 2:
-                raise ValueError("the fbgemm kernel needs a CPU layer with at least 2 input features")
-            split = not _has_vnni()
+        prepared = self._prepared.get(kernel)
+        if prepared is not None:
+            return prepared
+        if kernel in ("fbgemm", "fbgemm_act"):
+            if self.weight.device.type != "cpu" or not fbgemm_available():
+                raise ValueError(f"the {kernel} kernel needs a CPU layer and a torch build with fbgemm")
             w = self.weight
-            if split:
+            if kernel == "fbgemm" and not _has_vnni():
                 wide = w.to(torch.int16)
                 low = torch.div(wide, 2, rounding_mode="floor")  # w = low + (w - low), both halves in [-64, 64]
                 w = torch.cat([low, wide - low]).to(torch.int8)
@@ -158,21 +197,26 @@ class W8A8Linear(nn.Module):
                 torch.backends.quantized.engine = "fbgemm"
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # torch's deprecation notice for quantized tensors
-                    packed = torch.ops.quantized.linear_prepack(
+                    prepared = torch.ops.quantized.linear_prepack(
                         torch._make_per_tensor_quantized_tensor(w, 1.0, 0), None
                     )
             finally:
                 torch.backends.quantized.engine = previous
-            pin = torch.zeros(self.in_features)
-            pin[0], pin[1] = -128.0, 127.0
-            prepared = (packed, split, pin)
         elif self.weight.device.type == "cuda":
             rows, cols = _pad_to(self.out_features, _CUDA_ALIGN), _pad_to(self.in_features, _CUDA_ALIGN)
             prepared = F.pad(self.weight, (0, cols - self.in_features, 0, rows - self.out_features)).t()
         else:
             prepared = self.weight.t()
-        self._prepared = (kernel, prepared)
+        self._prepared[kernel] = prepared
         return prepared
+
+    def _weight_scale_row(self) -> torch.Tensor:
+        """(out,) float32 weight scales for the rescale (broadcast over any leading dimensions), made once
+        rather than converted on every call."""
+        row = self._prepared.get("weight_scale")
+        if row is None:
+            row = self._prepared["weight_scale"] = self.weight_scale.float().reshape(-1)
+        return row
 
     def accumulate(self, codes: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
         """Exact integer products `codes @ weightᵀ` (M, out) of int8-range codes (M, in), as float32.
@@ -181,23 +225,62 @@ class W8A8Linear(nn.Module):
         2**24 in magnitude (always for in_features <= 1024, and for real activations far beyond).
         """
         kernel = self.resolved_kernel() if kernel in (None, "auto") else kernel
+        if kernel == "fbgemm_act":
+            buf = torch.empty((2, *codes.shape), dtype=torch.float32)
+            buf[1].copy_(codes)
+            return self._fbgemm_act(buf, buf[0], buf[1])
         if kernel == "fbgemm":
-            pinned = self._pinned_rows(codes.shape[0])
-            pinned[1:].copy_(codes)
-            return self._fbgemm(pinned)
+            return self._fbgemm(codes.float())
         return self._int_mm(codes)
 
-    def _pinned_rows(self, rows: int) -> torch.Tensor:
-        """(1 + rows, in) float32 buffer whose first row spans [-128, 127], so that fbgemm's own per-tensor
-        quantization of the codes below it is the identity (scale 1, zero point 128)."""
-        pinned = torch.empty(rows + 1, self.in_features, dtype=torch.float32)
-        pinned[0] = self._prepare("fbgemm")[2]
-        return pinned
+    def _fbgemm(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer products of float codes (..., K) with fbgemm's whole weight (VNNI) or its halves (AVX2).
 
-    def _fbgemm(self, pinned: torch.Tensor) -> torch.Tensor:
-        packed, split, _ = self._prepare("fbgemm")
-        out = torch.ops.quantized.linear_dynamic(pinned, packed, False)[1:]
-        return out[:, : self.out_features] + out[:, self.out_features :] if split else out
+        The op's uint8 operand is codes + 128 in [0, 255]; against halves in [-64, 64] every AVX2 pair sum
+        stays within ±32640, below int16's limit.
+        """
+        flat = codes.reshape(-1, self.in_features)  # the op takes 2-D and more
+        out = _fbgemm_linear(flat, 128, self._prepare("fbgemm"))
+        if not _has_vnni():
+            out = out[:, : self.out_features] + out[:, self.out_features :]
+        return out.reshape(*codes.shape[:-1], self.out_features)
+
+    def _act_buffer(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A (2, *shape) float32 buffer and its two rows for `_fbgemm_act`, kept per thread for the last shape
+        when small: at decode every call has the same shape, and the allocation and row views cost as much as a
+        small op; large inputs (prefill) get a fresh buffer, so that no layer holds on to megabytes."""
+        if shape.numel() > _SCRATCH_MAX_ELEMENTS:
+            buf = torch.empty((2, *shape), dtype=torch.float32)
+            return buf, buf[0], buf[1]
+        scratch = self._prepared.get("scratch")
+        if scratch is None:
+            scratch = self._prepared["scratch"] = threading.local()  # concurrent forwards get their own buffer
+        cached = getattr(scratch, "buffer", None)
+        if cached is None or cached[0] != shape:
+            # A normal tensor even when made under inference_mode, so that it can be written outside it too.
+            with torch.inference_mode(False):
+                buf = torch.empty((2, *shape), dtype=torch.float32)
+                cached = scratch.buffer = (shape, buf, buf[0], buf[1])
+        return cached[1], cached[2], cached[3]
+
+    def _fbgemm_act(self, buf: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """Integer products (..., out) of the float codes in `high` = `buf[1]` of a (2, ..., K) float32 buffer,
+        with fbgemm's whole weight; `low` = `buf[0]` is scratch (the forward quantizes straight into `high`).
+
+        On AVX2 the codes are split in two rows, c = trunc(c / 2) + (c - trunc(c / 2)), in [-64, 63] and
+        [-64, 64]: with the op's zero point 64 its uint8 operands lie in [0, 128] and, against weights in
+        [-128, 127], every pair sum in [-32768, 32512], within int16. At decode the GEMM streams the weight
+        once for both rows, which costs about as much as one row. The halves differ by at most 1 per code, so
+        each stays below 2**24 whenever their sum does (for K < 2**17): their float32 sum is then exact.
+        """
+        packed = self._prepare("fbgemm_act")
+        if _has_vnni():  # no saturation to avoid: the codes as they are, uint8 operand c + 128
+            return _fbgemm_linear(high.reshape(-1, self.in_features), 128, packed).reshape(
+                *high.shape[:-1], self.out_features
+            )
+        torch.div(high, _TWO_CPU, rounding_mode="trunc", out=low)  # trunc: half the cost of floor here
+        high.sub_(low)
+        return torch.sum(_fbgemm_linear(buf, 64, packed), 0)  # one op for both rows: a + b, as add would
 
     def _int_mm(self, codes: torch.Tensor) -> torch.Tensor:
         prepared = self._prepare("int_mm")
@@ -211,32 +294,35 @@ class W8A8Linear(nn.Module):
         return torch._int_mm(a, prepared).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, self.in_features)
-        if self.resolved_kernel() == "fbgemm":
-            pinned = self._pinned_rows(flat.shape[0])
-            _, scale = quantize_per_token(flat, out=pinned[1:])  # codes go straight into the kernel's input
-            out = self._fbgemm(pinned)
+        kernel = self.resolved_kernel()
+        if kernel == "fbgemm_act":
+            self._prepare(kernel)  # off the CPU, fails here with a clear message rather than in a copy
+            # The codes go straight into the kernel's buffer, in x's shape (the op takes any leading dimensions).
+            buf, low, high = self._act_buffer(x.shape)
+            _, scale = quantize_per_token(x, out=high)
+            out = self._fbgemm_act(buf, low, high)
         else:
+            flat = x.reshape(-1, self.in_features)
             codes, scale = quantize_per_token(flat)
-            out = self._int_mm(codes)
-        out.mul_(scale).mul_(self.weight_scale.float().t())
+            out = self._fbgemm(codes) if kernel == "fbgemm" else self._int_mm(codes)
+            out, scale = out.reshape(*x.shape[:-1], self.out_features), scale.reshape(*x.shape[:-1], 1)
+        out.mul_(scale).mul_(self._weight_scale_row())
         if self.bias is not None:
             out.add_(self.bias.float())
-        return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def _apply(self, fn: Any, recurse: bool = True) -> W8A8Linear:
-        self._prepared = None  # `.to()` rewrites the buffers: a weight prepared before would be stale
+        self._prepared = {}  # `.to()` rewrites the buffers: a weight prepared before would be stale
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._prepared = None
+        self._prepared = {}
         super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
-        # fbgemm's packed weight is rebuilt on first use; copies (deepcopy, pickle) need not carry it.
+        # fbgemm's packed weights are rebuilt on first use; copies (deepcopy, pickle) need not carry them.
         state = dict(super().__getstate__())
-        state["_prepared"] = None
+        state["_prepared"] = {}
         return state
 
     def extra_repr(self) -> str:
@@ -336,7 +422,7 @@ def build_w8a8_skeleton(model: nn.Module, config: Mapping[str, Any]) -> nn.Modul
 
 # --- kernel measurement (`python -m compress.models.w8a8`), recorded in docs/steps/smoothquant.md -----------
 
-SMOLLM2_SHAPES = ((576, 1536), (1536, 576), (576, 576))  # (in, out): gate/up, down, q/o projections of 135M
+SMOLLM2_SHAPES = ((576, 1536), (1536, 576), (576, 576), (576, 192))  # (in, out): gate/up, down, q/o, k/v of 135M
 
 
 def _best_time(candidates: dict[str, Callable[[], object]], seconds: float, sync: Callable[[], None]) -> dict:
@@ -368,27 +454,41 @@ def _stock_fbgemm(linear: nn.Linear, layer: W8A8Linear) -> Any:
         return torch.ops.quantized.linear_prepack(qweight, None)
 
 
-def _candidates(linear: nn.Linear, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+def _round_robin(fns: Sequence[Callable[[], object]]) -> Callable[[], object]:
+    """One callable that runs the next of `fns` at each call."""
+    cycle = itertools.cycle(fns)
+    return lambda: next(cycle)()
+
+
+def _candidates(linears: Sequence[nn.Linear], x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """What to time, the float baseline first: on CUDA bf16 against W8A8 (whole forward, and the GEMM alone);
-    on the CPU float32 against both W8A8 kernels and, for reference, fbgemm's stock per-tensor Linear."""
-    layers = {}
-    for kernel in ("int_mm", "fbgemm") if x.device.type == "cpu" else ("int_mm",):
-        layers[kernel] = W8A8Linear.from_linear(linear)
-        layers[kernel].kernel = kernel
-    weight = linear.weight
+    on the CPU float32 against the W8A8 kernels and, for reference, fbgemm's stock per-tensor Linear. Each
+    call takes the next of `linears` (copies of one shape with their own weights): with enough of them the
+    weights come from memory rather than cache, as in a decode step through a whole model."""
+    on_cpu = x.device.type == "cpu"
+    kernels = ("int_mm", "fbgemm", "fbgemm_act") if on_cpu and fbgemm_available() else ("int_mm",)
+    layers: dict[str, list[W8A8Linear]] = {kernel: [] for kernel in kernels}
+    for linear in linears:
+        for kernel in kernels:
+            layers[kernel].append(W8A8Linear.from_linear(linear))
+            layers[kernel][-1].kernel = kernel
     candidates: dict[str, Callable[[], object]] = {
-        f"{str(x.dtype).removeprefix('torch.')} F.linear": lambda: F.linear(x, weight)
+        f"{str(x.dtype).removeprefix('torch.')} F.linear": _round_robin(
+            [functools.partial(F.linear, x, linear.weight) for linear in linears]
+        )
     }
-    for kernel, layer in layers.items():
-        candidates[f"W8A8 {kernel}"] = lambda layer=layer: layer(x)
+    for kernel, copies in layers.items():
+        candidates[f"W8A8 {kernel}"] = _round_robin([functools.partial(layer, x) for layer in copies])
     if x.device.type == "cuda":
         codes = quantize_per_token(x)[0].to(torch.int8)
-        candidates["int8 GEMM alone"] = lambda: layers["int_mm"].accumulate(codes)
-    elif fbgemm_available():
-        stock = _stock_fbgemm(linear, layers["fbgemm"])
-        candidates["stock fbgemm (per-tensor, 7-bit)"] = lambda: torch.ops.quantized.linear_dynamic(x, stock, True)
-    else:
-        del candidates["W8A8 fbgemm"]
+        candidates["int8 GEMM alone"] = _round_robin(
+            [functools.partial(layer.accumulate, codes) for layer in layers["int_mm"]]
+        )
+    elif "fbgemm" in layers:
+        stock = [_stock_fbgemm(linear, layer) for linear, layer in zip(linears, layers["fbgemm"], strict=True)]
+        candidates["stock fbgemm (per-tensor, 7-bit)"] = _round_robin(
+            [functools.partial(torch.ops.quantized.linear_dynamic, x, packed, True) for packed in stock]
+        )
     return candidates
 
 
@@ -397,22 +497,79 @@ def benchmark(
     tokens: Sequence[int] = (1, 512),
     seconds: float = 5.0,
     device: str = "cpu",
+    weights_mib: float = 0.0,
 ) -> list[dict[str, Any]]:
     """µs per call of the float Linear and the W8A8 forwards (quantize, integer GEMM, rescale), per shape and
     token count. The stock fbgemm Linear (CPU) is faster but does not compute the checkpoint's per-token int8
-    scheme, so it is timed for reference only."""
+    scheme, so it is timed for reference only. With `weights_mib`, calls cycle through copies of each shape
+    holding at least that many MiB of float weights (0: one copy, its weights hot in cache)."""
     rows = []
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for in_features, out_features in shapes:
-        linear = nn.Linear(in_features, out_features, bias=False).to(device, dtype)
+        size_mib = in_features * out_features * dtype.itemsize / 2**20
+        copies = max(1, math.ceil(weights_mib / size_mib))
+        linears = [nn.Linear(in_features, out_features, bias=False).to(device, dtype) for _ in range(copies)]
         for m in tokens:
             x = torch.randn(m, in_features, device=device, dtype=dtype)
             with torch.no_grad():
-                times = _best_time(_candidates(linear, x), seconds, sync)
+                times = _best_time(_candidates(linears, x), seconds, sync)
             rows.append({"in": in_features, "out": out_features, "tokens": m, **{k: v * 1e6 for k, v in times.items()}})
     return rows
+
+
+def decode_benchmark(
+    folder: str,
+    gguf_file: str | None = None,
+    rounds: int = 8,
+    new_tokens: int = 16,
+    prompt_tokens: int = 32,
+    kernels: Sequence[str] = ("auto",),
+) -> dict[str, list[dict[str, float]]]:
+    """Decode speed (batch 1, `compress.evaluate.decode.measure_decode`) of a causal LM in float32 and of W8A8
+    copies (every Linear but lm_head, RTN; one copy per kernel), measured in alternating rounds so that load
+    from other processes hits every model alike. Returns each model's `measure_decode` results, one per round."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.evaluate.decode import measure_decode
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **extra).eval()
+    names = [name for name, module in fp32.named_modules() if isinstance(module, nn.Linear) and name != "lm_head"]
+    models = {"float32": fp32}
+    for kernel in kernels:
+        model = copy.deepcopy(fp32)
+        for layer in replace_with_w8a8(model, names).values():
+            layer.kernel = kernel
+        models[f"W8A8 {kernel}"] = model
+    torch.manual_seed(0)
+    prompt = torch.randint(0, fp32.config.vocab_size, (1, prompt_tokens))
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            results[name].append(measure_decode(model, prompt, new_tokens, repeats=1))
+    return results
+
+
+def _print_decode(results: dict[str, list[dict[str, float]]]) -> None:
+    """Best and median over rounds of tokens/s, and the best per-step median latency (the least disturbed
+    round's typical step), each with its ratio to float32."""
+    rows = {}
+    for name, rounds in results.items():
+        speeds = [r["decode_tokens_per_s"] for r in rounds]
+        rows[name] = (max(speeds), statistics.median(speeds), min(r["decode_p50_ms"] for r in rounds))
+    base = rows["float32"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, {len(results['float32'])} rounds")
+    print("| model | tokens/s, best round | tokens/s, median round | step P50 ms, best round |")
+    print("|---|---|---|---|")
+    for name, (best, median, p50) in rows.items():
+        print(
+            f"| {name} | {best:.1f} ({best / base[0]:.2f}x) | {median:.1f} ({median / base[1]:.2f}x) | "
+            f"{p50:.1f} ({base[2] / p50:.2f}x) |"
+        )
+    for name, rounds in results.items():
+        print(f"{name} tokens/s per round: " + ", ".join(f"{r['decode_tokens_per_s']:.1f}" for r in rounds))
 
 
 def _main() -> None:
@@ -421,14 +578,31 @@ def _main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--shapes", default=None, help="e.g. 4096x11008,11008x4096 (in x out); default SmolLM2's")
     parser.add_argument("--tokens", default="1,512", help="token counts (rows), comma-separated")
+    parser.add_argument(
+        "--weights-mib", type=float, default=0.0, help="cycle through copies of each shape holding this many MiB"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--decode", default=None, help="instead: whole-model decode of this model folder")
+    parser.add_argument("--gguf-file", default=None, help="with --decode: the GGUF file in that folder")
+    parser.add_argument("--rounds", type=int, default=8, help="with --decode: alternating rounds")
+    parser.add_argument("--kernels", default="auto", help="with --decode: W8A8 kernels to compare, comma-separated")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.decode:
+        _print_decode(decode_benchmark(args.decode, args.gguf_file, args.rounds, kernels=args.kernels.split(",")))
+        return
     shapes = SMOLLM2_SHAPES
     if args.shapes:
         shapes = tuple(tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(","))
     tokens = tuple(int(t) for t in args.tokens.split(","))
-    rows = benchmark(shapes, tokens, args.seconds, args.device)
+    rows = benchmark(shapes, tokens, args.seconds, args.device, args.weights_mib)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}; best of interleaved runs, µs per call (speed-up vs the first column)")
+    weights = f", weights cycled over ≥ {args.weights_mib:g} MiB of copies" if args.weights_mib else ""
+    print(
+        f"torch {torch.__version__}, {where}{weights}; best of interleaved runs, µs per call "
+        "(speed-up vs the first column)"
+    )
     names = [k for k in rows[0] if k not in ("in", "out", "tokens")]
     print("| in → out | tokens | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))

@@ -30,7 +30,6 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from compress.errors import ConfigError, MissingExtra, ModelError
 from compress.quantize.rtn import grouped
 from compress.quantize.scheme import QuantizedWeight, QuantScheme
 from compress.quantize.targets import select_linears
+from compress.steps.quantize.peer_support import normalize_device, package_version
 
 if TYPE_CHECKING:
     from compress.steps.quantize.autoround import AutoRoundConfig
@@ -73,7 +73,7 @@ def require_autoround(where: str) -> ModuleType:
             where=where,
             fix=_FIX_INSTALL,
         ) from exc
-    installed = _version("auto-round")
+    installed = package_version("auto-round")
     if installed != PINNED_VERSION:
         log.warning("auto-round %s is installed; backend 'auto-round' is checked against %s", installed, PINNED_VERSION)
     return module
@@ -146,7 +146,7 @@ def quantize_with_autoround(
         model.to(home)  # auto-round hands the model back on the CPU
     return {
         "backend": "auto-round",
-        "auto_round_version": _version("auto-round"),
+        "auto_round_version": package_version("auto-round"),
         "autoround_device": str(device),
         "autoround_settings": settings,
         **seconds,
@@ -211,7 +211,7 @@ def _run_autoround(
             seqlen=windows[0].shape[1],
             batch_size=config.batch_size,
             seed=seed,
-            device_map=str(_normalize(device)),
+            device_map=str(normalize_device(device)),
             # amp would tune a float32 model in bfloat16; the native step tunes in the model's own dtype.
             amp=model_dtype != torch.float32,
             # The checkpoint stores scales in the model's dtype: computing them in it makes the conversion exact
@@ -227,7 +227,7 @@ def _run_autoround(
         compressor.quantize()
         finished = time.perf_counter()
     except Exception as exc:
-        exc.add_note(f"raised inside auto-round {_version('auto-round')} (backend: auto-round)")
+        exc.add_note(f"raised inside auto-round {package_version('auto-round')} (backend: auto-round)")
         raise
     finally:
         # auto-round keeps its model and compression contexts as process-wide singletons: drop them, so the model
@@ -300,8 +300,8 @@ def _integer_form(name: str, module: nn.Linear, scheme: QuantScheme, step: str) 
         low, high = float(values.min()), float(values.max())
     if off_grid > _GRID_TOLERANCE or low < scheme.qmin or high > scheme.qmax:
         raise ModelError(
-            f"{step}: auto-round {_version('auto-round')} left '{name}' off compress's grid (largest distance to "
-            f"an integer step {off_grid:.3f}, codes {low:.0f}..{high:.0f} for [{scheme.qmin}, {scheme.qmax}])",
+            f"{step}: auto-round {package_version('auto-round')} left '{name}' off compress's grid (largest distance "
+            f"to an integer step {off_grid:.3f}, codes {low:.0f}..{high:.0f} for [{scheme.qmin}, {scheme.qmax}])",
             fix=f"pip install auto-round=={PINNED_VERSION} (the conventions this backend converts), "
             "or use backend: native",
         )
@@ -356,17 +356,3 @@ def _contained(model: nn.Module) -> Iterator[None]:
         torch.set_rng_state(rng[2])
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-
-
-def _normalize(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type != "cpu" and device.index is None:
-        return torch.device(device.type, 0)
-    return device
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

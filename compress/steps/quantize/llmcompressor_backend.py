@@ -23,7 +23,6 @@ import importlib
 import logging
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +34,7 @@ from torch import Tensor
 from compress.errors import ConfigError, MissingExtra, ModelError
 from compress.quantize.scheme import QuantizedWeight, QuantScheme
 from compress.quantize.targets import select_linears
+from compress.steps.quantize.peer_support import normalize_device, package_version
 
 if TYPE_CHECKING:
     from compress.steps.quantize.awq import AWQConfig
@@ -93,13 +93,13 @@ def quantize_with_llmcompressor(
         from llmcompressor.utils.dev import get_main_device
     except ImportError as exc:
         raise MissingExtra(
-            f"this llmcompressor ({_version('llmcompressor')}) lacks the API compress uses ({exc})",
+            f"this llmcompressor ({package_version('llmcompressor')}) lacks the API compress uses ({exc})",
             where=f"{method}.backend",
             fix=f"pip install llmcompressor=={PINNED_VERSION}",
         ) from exc
     expected = select_linears(model, config.targets, config.ignore, method)
     main = get_main_device()
-    if _normalize(main) != _normalize(device):
+    if normalize_device(main) != normalize_device(device):
         log.warning(
             "%s: llm-compressor calibrates on its main device %s, not %s (it takes the first accelerator; "
             "set CUDA_VISIBLE_DEVICES to choose another)",
@@ -120,8 +120,8 @@ def quantize_with_llmcompressor(
     _swap(model, quantized)
     return {
         "backend": "llmcompressor",
-        "llmcompressor_version": _version("llmcompressor"),
-        "compressed_tensors_version": _version("compressed-tensors"),
+        "llmcompressor_version": package_version("llmcompressor"),
+        "compressed_tensors_version": package_version("compressed-tensors"),
         "llmcompressor_device": str(main),
         "llmcompressor_modifiers": modifiers,
         "oneshot_seconds": round(oneshot_seconds, 2),
@@ -158,7 +158,7 @@ def _run_oneshot(
                 shuffle_calibration_samples=False,
             )
     except Exception as exc:
-        exc.add_note(f"raised inside llm-compressor {_version('llmcompressor')} (backend: llmcompressor)")
+        exc.add_note(f"raised inside llm-compressor {package_version('llmcompressor')} (backend: llmcompressor)")
         raise
     finally:
         # The global session keeps the modifiers, their hooks and hessians, and a reference to the model.
@@ -285,17 +285,3 @@ def _swap(model: torch.nn.Module, quantized: dict[str, QuantizedWeight]) -> None
     # read it); those wrappers went with the swapped Linears, so drop the flag rather than leave stale state.
     for module in model.modules():
         module.__dict__.pop("quantization_enabled", None)
-
-
-def _normalize(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type != "cpu" and device.index is None:
-        return torch.device(device.type, 0)
-    return device
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

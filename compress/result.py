@@ -33,6 +33,9 @@ class Evaluation(BaseModel):
     peak_memory_mb: float
     size_mb: float
     num_parameters: int | None
+    sparsity: dict[str, float] | None = Field(
+        None, description="Share of exactly-zero Linear weights: `overall` and per kind of layer (`q_proj`, …)."
+    )
     runtime: str
     device: str
     threads: int
@@ -58,6 +61,9 @@ class StageResult(BaseModel):
         "(never saved by compress) counts its tensors' bytes in memory.",
     )
     num_parameters: int | None = None
+    sparsity: dict[str, float] | None = Field(
+        None, description="Share of exactly-zero Linear weights: `overall` and per kind of layer (`q_proj`, …)."
+    )
     peak_memory_mb: float | None = Field(None, description="Peak memory while the stage was evaluated.")
     step_peak_memory_mb: float | None = Field(
         None, description="Peak process RSS while the step or export ran (not its evaluation)."

@@ -49,6 +49,19 @@ def test_triton_block_kernel_matches_the_torch_loop(
     assert fast_loss == reference_loss
 
 
+@pytest.mark.skipif(not triton_available(), reason="needs the triton package")
+@pytest.mark.skipif(not (INTERPRETED or torch.cuda.is_available()), reason="needs a CUDA GPU (or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("scheme", SCHEMES[:2], ids=str)
+def test_triton_kernel_keeps_pruned_zeros_like_the_torch_loop(scheme: QuantScheme) -> None:
+    weight, hessian = _problem(72, 192)
+    weight = weight * (torch.rand(weight.shape, generator=torch.Generator().manual_seed(1)) > 0.5).to(DEVICE)
+    reference, reference_loss = gptq_quantize(weight, hessian, scheme, kernel="torch", preserve_zeros=True)
+    fast, fast_loss = gptq_quantize(weight, hessian, scheme, kernel="triton", preserve_zeros=True)
+    assert torch.equal(fast.values, reference.values) and torch.equal(fast.scale, reference.scale)
+    assert fast_loss == reference_loss
+    assert bool((fast.dequantize()[weight == 0] == 0).all())  # every pruned weight is still exactly 0
+
+
 @pytest.mark.skipif(INTERPRETED, reason="the interpreter runs the kernel on CPU")
 def test_triton_kernel_refuses_cpu() -> None:
     weight, hessian = torch.randn(8, 64), torch.eye(64)

@@ -64,6 +64,7 @@ def evaluate(
         peak_memory_mb=memory.peak_mb,
         size_mb=runtime.size_bytes() / MIB,
         num_parameters=runtime.num_parameters(),
+        sparsity=runtime.sparsity(),
         runtime=runtime.name,
         device=runtime.device,
         threads=threads,

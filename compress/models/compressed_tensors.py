@@ -253,6 +253,20 @@ def checkpoint_config(format: str, config_groups: dict[str, Any], ignore: Sequen
     }
 
 
+def dense_sparsity_config(
+    structure: str, global_sparsity: float, targets: Sequence[str], ignore: Sequence[str]
+) -> dict[str, Any]:
+    """`sparsity_config` of a pruned model stored dense (zeros in the packed codes): compressed-tensors' `dense`
+    format, whose `sparsity_structure` ("2:4" or "unstructured") tells vLLM which kernels may run it."""
+    return {
+        "format": "dense",
+        "global_sparsity": round(global_sparsity, 4),
+        "sparsity_structure": structure,
+        "targets": list(targets),
+        "ignore": list(ignore),
+    }
+
+
 def _name_regex(names: Sequence[str]) -> str:
     return "re:^(?:" + "|".join(re.escape(n) for n in names) + ")$"
 

@@ -117,11 +117,12 @@ def load_handle(directory: Path, device: torch.device | str = "cpu") -> ModelHan
 def _load_weights(directory: Path, config: object, meta: dict) -> torch.nn.Module:
     """A compress-written stage: the architecture from its config, its transforms replayed, its tensors loaded."""
     model = AUTO_CLASSES[meta["task"]].from_config(config)
+    # Structure first (pruned shapes, INT8 modules), then the packed layers sized from it.
+    model = replay(model, meta["transforms"])
     if _quant_method(config) == "compressed-tensors":  # packed weights: QuantizedLinear modules to load into
         from compress.models.compressed_tensors import build_quantized_skeleton
 
         model = build_quantized_skeleton(model, _as_dict(config.quantization_config))
-    model = replay(model, meta["transforms"])
     tensors = load_file(str(directory / WEIGHTS_FILE))
     plain = {k: v for k, v in tensors.items() if not k.endswith(_QSUFFIXES)}
     # Start from the fresh model's own state so quantized modules find the packed entries they expect,

@@ -16,6 +16,7 @@ from compress.errors import ModelError
 # name → "module:function"; functions take (model, **params) and return the transformed model.
 TRANSFORMS: dict[str, str] = {
     "dynamic_int8": "compress.steps.dynamic_int8:quantize_dynamic_int8",
+    "structured": "compress.steps.prune.structured:resize_linears",
 }
 
 

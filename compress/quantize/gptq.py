@@ -46,8 +46,10 @@ def accumulate_hessian(hessian: torch.Tensor | None, inputs: torch.Tensor, count
     return hessian, total
 
 
-def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp·I)⁻¹, damp = dampening · mean(diag H); consumes `hessian` in place."""
+def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, method: str = "GPTQ") -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp·I)⁻¹, damp = dampening · mean(diag H); consumes `hessian` in place.
+
+    Shared by GPTQ and SparseGPT (`method` names the caller in the error)."""
     diagonal = hessian.diagonal()
     mean_diagonal = diagonal.mean()
     applied = 0.0
@@ -62,8 +64,8 @@ def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> torch.Te
         if info.item() == 0 and bool(torch.isfinite(factor).all()):
             return factor
     raise ValueError(
-        f"GPTQ: the Hessian is not positive definite even with dampening {applied} x its mean diagonal; "
-        "calibrate on more (or more varied) tokens, or quantize this layer with RTN"
+        f"{method}: the Hessian is not positive definite even with dampening {applied} x its mean diagonal; "
+        "calibrate on more (or more varied) tokens, or leave this layer out (`ignore`)"
     )
 
 
@@ -93,8 +95,12 @@ def _quantize_block(
     zero_point: torch.Tensor | None,
     group_of_column: torch.Tensor | None,
     scheme: QuantScheme,
+    keep: torch.Tensor | None = None,
 ) -> None:
     """One lazy block, column by column: codes into `values`, scaled errors into `err` (rows, width).
+
+    `keep` (rows, cols; 1.0 kept, 0.0 pruned), when given, stops error updates from reaching pruned weights,
+    which therefore stay exactly 0 and quantize to exactly 0.
 
     W's columns [first_column, first_column + width) are read, not modified. With `group_of_column` None the
     groups are dynamic: a group's scale and zero point are computed (and written into `scale` / `zero_point`)
@@ -122,7 +128,10 @@ def _quantize_block(
         q_int = quantize_columns(w, col_scale, col_zero, scheme)
         values[:, column] = q_int
         e = (w - dequantize_columns(q_int, col_scale, col_zero)) / Hinv_block[i, i]
-        W1[:, i:].sub_(torch.outer(e, Hinv_block[i, i:]))
+        update = torch.outer(e, Hinv_block[i, i:])
+        if keep is not None:
+            update = update * keep[:, column : first_column + width]
+        W1[:, i:].sub_(update)
         err[:, i] = e
 
 
@@ -148,6 +157,7 @@ def gptq_quantize(
     dampening: float = 0.01,
     act_order: bool = False,
     static_groups: bool = False,
+    preserve_zeros: bool = False,
     kernel: BlockKernel = "auto",
 ) -> tuple[QuantizedWeight, float]:
     """GPTQ-quantize an (out, cols) weight given its inputs' Hessian (cols, cols) from `accumulate_hessian`.
@@ -159,6 +169,8 @@ def gptq_quantize(
     Returns the quantized weight and the summed GPTQ loss Σ (w - q)² / (2 [H⁻¹]_cc²) of the reference.
     Works in float32 on the weight's device; `hessian` is not modified. `kernel` runs each lazy block through the
     torch column loop or the Triton kernel (`auto`: Triton on CUDA when installed); both give the same codes.
+    `preserve_zeros` keeps a pruned weight's zeros: error updates skip them (as llm-compressor does after
+    SparseGPT), so 2:4 or unstructured sparsity survives 4-bit quantization exactly.
     """
     if weight.ndim != 2:
         raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
@@ -191,8 +203,9 @@ def gptq_quantize(
         perm = torch.argsort(H.diagonal(), descending=True, stable=True)
         W = W[:, perm]
         H = H[perm][:, perm]
+    keep = (W != 0).float() if preserve_zeros else None
 
-    Hinv = _inverse_hessian_factor(H, dampening)
+    Hinv = inverse_hessian_factor(H, dampening)
     del H
 
     values = torch.empty(rows, columns, dtype=torch.int8, device=device)
@@ -214,11 +227,14 @@ def gptq_quantize(
     for i1 in range(0, columns, block):
         i2 = min(i1 + block, columns)
         Err1 = torch.empty(rows, i2 - i1, device=device)
-        quantize_block(W, Hinv[i1:i2, i1:i2], i1, i2 - i1, values, Err1, scale, zero_point, group_of_column, scheme)
+        quantize_block(
+            W, Hinv[i1:i2, i1:i2], i1, i2 - i1, values, Err1, scale, zero_point, group_of_column, scheme, keep
+        )
         # The reference's loss Σ (w - q)² / d² / 2 is Σ err² / 2: summed once per block, not per column.
         losses += Err1.pow(2).sum(dim=1) / 2
         # Lazy batch update: the columns after this block receive its accumulated error in one matmul.
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        update = Err1 @ Hinv[i1:i2, i2:]
+        W[:, i2:] -= update if keep is None else update * keep[:, i2:]
 
     g_idx: torch.Tensor | None = None
     if perm is not None:

@@ -62,6 +62,8 @@ def _kernel():  # defined lazily: importing triton costs ~1 s and it exists only
         zero,
         stride_s,
         group_of_column,
+        keep,
+        stride_k,
         rows,
         first_column,
         group_size,
@@ -72,6 +74,7 @@ def _kernel():  # defined lazily: importing triton costs ~1 s and it exists only
         DYNAMIC: tl.constexpr,
         SYMMETRIC: tl.constexpr,
         RECIPROCAL: tl.constexpr,
+        MASKED: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -81,6 +84,8 @@ def _kernel():  # defined lazily: importing triton costs ~1 s and it exists only
         tile_ok = row_ok[:, None] & (c < WIDTH)[None, :]
         w_tile = tl.load(W + r[:, None] * stride_w + (first_column + c)[None, :] * stride_wc, mask=tile_ok, other=0.0)
         e_tile = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        if MASKED:  # 1.0 where a weight is kept, 0.0 where pruned: updates never reach pruned weights
+            k_tile = tl.load(keep + r[:, None] * stride_k + (first_column + c)[None, :], mask=tile_ok, other=0.0)
         s = tl.full([BLOCK_R], 1.0, dtype=tl.float32)
         z = tl.zeros([BLOCK_R], dtype=tl.float32)
         levels = (qmax - qmin).to(tl.float32)
@@ -116,7 +121,10 @@ def _kernel():  # defined lazily: importing triton costs ~1 s and it exists only
             q = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(w, s) + z), qmin), qmax)
             e = tl.math.div_rn(w - (q - z) * s, tl.load(Hinv + i * stride_h + i * stride_hc))
             h = tl.load(Hinv + i * stride_h + c * stride_hc, mask=(c >= i) & (c < WIDTH), other=0.0)
-            w_tile = w_tile - e[:, None] * h[None, :]
+            if MASKED:  # noqa: SIM108  (a constexpr branch: compiled away, not a runtime select)
+                w_tile = w_tile - (e[:, None] * h[None, :]) * k_tile
+            else:
+                w_tile = w_tile - e[:, None] * h[None, :]
             e_tile = tl.where((c == i)[None, :], e[:, None], e_tile)
             tl.store(values + r * stride_v + column, q.to(tl.int8), mask=row_ok)
         tl.store(err + r[:, None] * stride_e + c[None, :], e_tile, mask=tile_ok)
@@ -135,6 +143,7 @@ def quantize_block_triton(
     zero_point: torch.Tensor | None,
     group_of_column: torch.Tensor | None,
     scheme: QuantScheme,
+    keep: torch.Tensor | None = None,
 ) -> None:
     """One lazy block of GPTQ on CUDA: the contract of `gptq._quantize_block`.
 
@@ -161,6 +170,8 @@ def quantize_block_triton(
         zero,
         scale.stride(0),
         group_of_column if group_of_column is not None else values,
+        keep if keep is not None else err,  # a placeholder pointer when nothing is masked
+        keep.stride(0) if keep is not None else 0,
         rows,
         first_column,
         group_size,
@@ -171,6 +182,7 @@ def quantize_block_triton(
         DYNAMIC=dynamic,
         SYMMETRIC=scheme.symmetric,
         RECIPROCAL=W.is_cuda,
+        MASKED=keep is not None,
         BLOCK_R=_ROWS_PER_PROGRAM,
         BLOCK_C=triton.next_power_of_2(width),
         enable_fp_fusion=False,  # torch rounds the product before subtracting: match it bit for bit

@@ -25,6 +25,9 @@ log = logging.getLogger("compress")
 # The algorithm's callback: (layer index, the layer on the device, replay) — replay runs every calibration
 # batch through the layer and returns its outputs.
 LayerCallback = Callable[[int, torch.nn.Module, Callable[[], list[torch.Tensor]]], None]
+# Folds one batch of a module's inputs into a running statistic: (statistic or None, inputs, count so far) →
+# (statistic, new count); e.g. GPTQ's Hessian or Wanda's input norms.
+Accumulate = Callable[[Any, torch.Tensor, int], tuple[Any, int]]
 
 
 class _ReachedFirstLayer(Exception):
@@ -113,6 +116,34 @@ def calibrate_layer_by_layer(
         layer.to(home)
         _drop_dequantized_caches(layer)
         log.debug("%s: layer %d/%d done", desc, index + 1, len(layers))
+
+
+def observe_inputs(
+    modules: dict[str, torch.nn.Module],
+    groups: list[tuple[str, ...]],
+    accumulate: Accumulate,
+    replay: Callable[[], list[torch.Tensor]],
+) -> dict[tuple[str, ...], Any]:
+    """Replay the layer once, folding the inputs of each group's first module into its statistic.
+
+    The modules of a group read the same input (`shared_input_groups`), so one statistic serves them all.
+    """
+    statistics: dict[tuple[str, ...], tuple[Any, int]] = dict.fromkeys(groups, (None, 0))
+
+    def observe(group: tuple[str, ...]) -> Callable[[torch.nn.Module, tuple], None]:
+        def hook(_module: torch.nn.Module, args: tuple) -> None:
+            statistic, count = statistics[group]
+            statistics[group] = accumulate(statistic, args[0].detach(), count)
+
+        return hook
+
+    handles = [modules[group[0]].register_forward_pre_hook(observe(group)) for group in groups]
+    try:
+        replay()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {group: statistic for group, (statistic, _count) in statistics.items()}
 
 
 def _drop_dequantized_caches(layer: torch.nn.Module) -> None:

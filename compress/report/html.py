@@ -10,6 +10,7 @@ from compress.report.table import (
     STEP_MEMORY_NOTE,
     batch_sizes_of,
     fmt_number,
+    has_sparsity,
     has_step_memory,
     problem_stages,
     reference_stage,
@@ -53,7 +54,8 @@ figcaption { color: #4d5566; font-size: .85rem; margin-top: .3rem; }
 def html_table(stages: list[StageResult]) -> str:
     sizes = batch_sizes_of(stages)
     reference = reference_stage(stages)
-    head = "".join(f"<th>{escape(h)}</th>" for h in table_headers(sizes, step_memory=has_step_memory(stages)))
+    headers = table_headers(sizes, step_memory=has_step_memory(stages), sparsity=has_sparsity(stages))
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for stage, row in zip(stages, table_rows(stages, sizes), strict=True):
         classes = [f"status-{stage.status}"] + (["reference"] if stage is reference else [])

@@ -9,6 +9,7 @@ from compress.report.table import (
     STEP_MEMORY_NOTE,
     batch_sizes_of,
     fmt_number,
+    has_sparsity,
     has_step_memory,
     problem_stages,
     reference_stage,
@@ -31,7 +32,7 @@ def md_escape(text: str) -> str:
 def stage_table(stages: list[StageResult], batch_sizes: list[int] | None = None) -> str:
     """A Markdown table with one row per stage (columns: see `compress.report.table.table_headers`)."""
     sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
-    headers = table_headers(sizes, step_memory=has_step_memory(stages))
+    headers = table_headers(sizes, step_memory=has_step_memory(stages), sparsity=has_sparsity(stages))
     lines = [
         "| " + " | ".join(md_escape(h) for h in headers) + " |",  # "max |Δlogit|" must not split a column
         "|" + "|".join("---:" if i >= 4 else "---" for i in range(len(headers))) + "|",

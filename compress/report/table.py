@@ -97,7 +97,12 @@ def has_step_memory(stages: list[StageResult]) -> bool:
     return any(stage.step_peak_memory_mb is not None for stage in stages)
 
 
-def table_headers(batch_sizes: list[int], *, step_memory: bool = False) -> list[str]:
+def has_sparsity(stages: list[StageResult]) -> bool:
+    """Whether the table gets a sparsity column: some stage is pruned (≥ 1 % of its Linear weights are zero)."""
+    return any(stage.sparsity and stage.sparsity.get("overall", 0) >= 0.01 for stage in stages)
+
+
+def table_headers(batch_sizes: list[int], *, step_memory: bool = False, sparsity: bool = False) -> list[str]:
     per_batch: list[str] = []
     for bs in batch_sizes:
         per_batch += [f"bs{bs} P50 / P95 / P99 ms", f"bs{bs} samples/s (speedup)"]
@@ -109,6 +114,7 @@ def table_headers(batch_sizes: list[int], *, step_memory: bool = False) -> list[
         "Primary metric (Δ vs ref)",
         *per_batch,
         "Size MB",
+        *(["Sparsity"] if sparsity else []),
         "Peak mem MB",
         *(["Step peak mem MB"] if step_memory else []),
         "Agreement / max |Δlogit|",
@@ -117,9 +123,11 @@ def table_headers(batch_sizes: list[int], *, step_memory: bool = False) -> list[
 
 
 def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) -> list[list[Cell]]:
-    """One row of cell texts per stage, in the order of `table_headers(..., step_memory=has_step_memory(stages))`."""
+    """One row of cell texts per stage, in the order of `table_headers(sizes, step_memory=has_step_memory(stages),
+    sparsity=has_sparsity(stages))`."""
     sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
     step_memory = has_step_memory(stages)
+    sparsity = has_sparsity(stages)
     reference = reference_stage(stages)
     rows = []
     for stage in stages:
@@ -134,6 +142,7 @@ def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) 
             row += _latency_cells(stage, reference, bs)
         row += [
             Cell(fmt_number(stage.size_mb), numeric=True),
+            *([Cell(_sparsity_text(stage), numeric=True)] if sparsity else []),
             Cell(fmt_number(stage.peak_memory_mb), numeric=True),
             *([Cell(_step_memory_text(stage), numeric=True)] if step_memory else []),
             Cell(_fidelity_text(stage), numeric=True),
@@ -141,6 +150,11 @@ def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) 
         ]
         rows.append(row)
     return rows
+
+
+def _sparsity_text(stage: StageResult) -> str:
+    overall = stage.sparsity.get("overall") if stage.sparsity else None
+    return "–" if overall is None else f"{overall:.1%}"
 
 
 def _runtime_text(stage: StageResult) -> str:

@@ -76,6 +76,10 @@ class Runtime(ABC):
     def num_parameters(self) -> int | None:
         return None
 
+    def sparsity(self) -> dict[str, float] | None:
+        """Share of zero weights (`compress.prune.sparsity.measure_sparsity`), where the runtime can tell."""
+        return None
+
     def synchronize(self) -> None:  # noqa: B027  (optional hook: CPU runtimes have nothing to wait for)
         """Wait for queued device work, so timings are honest (CUDA runtimes override this)."""
 

@@ -72,6 +72,11 @@ class TorchRuntime(Runtime):
     def num_parameters(self) -> int:
         return count_parameters(self.model)
 
+    def sparsity(self) -> dict[str, float] | None:
+        from compress.prune.sparsity import measure_sparsity
+
+        return measure_sparsity(self.model)
+
     def describe(self) -> dict[str, str]:
         dtype = (
             "int8-dynamic"

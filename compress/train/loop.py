@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from compress.prune.masks import SparsityKeeper
 from compress.train.batches import LengthGroupedBatches, Row, pad_collate
 from compress.train.checkpoint import (
     TrainerState,
@@ -85,6 +86,10 @@ def train(
     )
     optimizer = torch.optim.AdamW(_parameter_groups(module, settings.weight_decay), lr=settings.learning_rate)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    # A pruned model (Linear layers that are ≥ 5 % exact zeros) keeps its zeros: recovery must not refill them.
+    sparsity = SparsityKeeper(accelerator.unwrap_model(module))
+    if len(sparsity):
+        log.info("%s: keeping the zeros of %d pruned layer(s) while training", description, len(sparsity))
     steps_per_epoch = math.ceil(len(loader) / settings.gradient_accumulation_steps)
     total = settings.max_steps or math.ceil(settings.epochs * steps_per_epoch)
     # A prepared scheduler advances once per process at each step, so it is sized in those units.
@@ -127,6 +132,7 @@ def train(
                 if accelerator.sync_gradients and settings.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(module.parameters(), settings.max_grad_norm)
                 optimizer.step()
+                sparsity.apply()
                 scheduler.step()
                 optimizer.zero_grad()
             state.batches_in_epoch += 1

@@ -8,6 +8,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_
 
 from compress.config import Schema
 from compress.steps.base import StepConfig
+from compress.steps.prune.structured import StructureSpec
 from compress.train.settings import TrainSettings
 
 
@@ -58,7 +59,14 @@ class SourceStudent(Schema):
     source: str = Field(description="Where the student model comes from, as in `model.source`.")
 
 
-StudentSpec = LayerStudent | SmallerStudent | SourceStudent
+class PrunedStudent(Schema):
+    """The teacher itself with attention heads, feed-forward neurons and layers removed by the `structured`
+    pruning step's criteria (layers may keep different widths); distillation is then its recovery training."""
+
+    structured: StructureSpec = Field(description="What to remove: `heads`, `ffn` (shares), `drop_layers`.")
+
+
+StudentSpec = LayerStudent | SmallerStudent | SourceStudent | PrunedStudent
 
 
 class AugmentSettings(Schema):

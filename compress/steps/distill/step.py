@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from accelerate import PartialState
@@ -17,12 +18,20 @@ from compress.models.handle import ModelHandle
 from compress.models.load import load_model
 from compress.steps.base import StageContext, Step
 from compress.steps.distill.augment import augment_texts, nearest_neighbours, replaceable_words
-from compress.steps.distill.config import AugmentSettings, DistillConfig, LayerStudent, SmallerStudent, StudentSpec
+from compress.steps.distill.config import (
+    AugmentSettings,
+    DistillConfig,
+    LayerStudent,
+    PrunedStudent,
+    SmallerStudent,
+    StudentSpec,
+)
 from compress.steps.distill.objective import DistillationObjective, LossWeights, TeacherOutputs
 from compress.steps.distill.student import encoder_layers, select_layers, smaller_student
 from compress.steps.distill.teacher_cache import cached_teacher_logits
 from compress.steps.distill.unlabeled import read_unlabeled
 from compress.steps.finetune import check_labels, require_training_task
+from compress.steps.prune.structured import layer_widths, prune_structure, structure_transform
 from compress.train import forward_inputs, tokenize_rows, train
 from compress.train.batches import IGNORE_LABEL
 from compress.train.fingerprint import hash_json, model_fingerprint, tokenizer_fingerprint
@@ -107,7 +116,15 @@ class Distill(Step):
         if cfg.alpha_attn > 0:
             trained.set_attn_implementation(attn_implementation)
             teacher.set_attn_implementation(teacher_attn_implementation)  # the teacher is the caller's model
-        return model.replace(model=trained.cpu().float().eval(), tokenizer=tokenizer, transforms=[])
+        # A pruned student's layers may differ in width: the saved stage records their shapes.
+        transforms = []
+        if isinstance(cfg.student, PrunedStudent):
+            transforms = [structure_transform(trained)]
+            self._details = {"student": layer_widths(trained)}
+        return model.replace(model=trained.cpu().float().eval(), tokenizer=tokenizer, transforms=transforms)
+
+    def details(self) -> dict[str, Any]:
+        return getattr(self, "_details", {})
 
     def _teacher(self, model: ModelHandle) -> ModelHandle:
         if self.config.teacher is None:
@@ -200,6 +217,10 @@ def build_student(
             init=spec.init,
             layers=spec.layers,
         )
+        return student, teacher_handle.tokenizer
+    if isinstance(spec, PrunedStudent):
+        student = copy.deepcopy(teacher)
+        prune_structure(student, spec.structured, "steps.distill.student.structured")
         return student, teacher_handle.tokenizer
     loaded = load_model(ModelSpec(spec.source, num_labels=teacher.config.num_labels), teacher_handle.label_names)
     encoder_layers(loaded.model)  # layer-wise losses need to know its layers

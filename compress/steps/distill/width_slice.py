@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from compress.architectures.blocks import BLOCKS, Heads
 from compress.errors import ConfigError, ModelError
+from compress.prune.structured import head_group_scores, neuron_scores, top_indices
 
 WHERE = "steps.distill.student"
 FIX_RANDOM = "use `init: random` for this teacher"
@@ -83,11 +85,6 @@ def default_layers(num_layers: int, teacher_layers: int) -> list[int]:
     return [(i + 1) * teacher_layers // num_layers - 1 for i in range(num_layers)]
 
 
-def top_indices(score: Tensor, k: int) -> Tensor:
-    """The `k` highest-scoring indices, in increasing index order (ties go to the lower index)."""
-    return torch.argsort(score, descending=True, stable=True)[:k].sort().values
-
-
 def hidden_importance(teacher: PreTrainedModel, layers: list[int]) -> Tensor:
     """Sum of |γ| per channel over the embedding LayerNorm and the kept layers' LayerNorms."""
     base = teacher.base_model
@@ -101,21 +98,14 @@ def hidden_importance(teacher: PreTrainedModel, layers: list[int]) -> Tensor:
 
 
 def head_importance(layer: torch.nn.Module, num_heads: int) -> Tensor:
-    """‖Q_h‖ + ‖K_h‖ + ‖V_h‖ + ‖O_{:,h}‖ for each head of one layer."""
-    attention = layer.attention
-    score = torch.zeros(num_heads)
-    for projection in (attention.self.query, attention.self.key, attention.self.value):
-        score += projection.weight.detach().float().reshape(num_heads, -1).norm(dim=1)
-    output = attention.output.dense.weight.detach().float()
-    score += output.reshape(output.shape[0], num_heads, -1).transpose(0, 1).reshape(num_heads, -1).norm(dim=1)
-    return score
+    """‖Q_h‖ + ‖K_h‖ + ‖V_h‖ + ‖O_{:,h}‖ for each head of one layer (the `structured` step's criterion)."""
+    head_dim = layer.attention.self.query.weight.shape[0] // num_heads
+    return head_group_scores(layer, BLOCKS["bert"], Heads(head_dim, num_heads, num_heads))
 
 
 def ffn_importance(layer: torch.nn.Module) -> Tensor:
-    """‖W_in[n, :]‖ · ‖W_out[:, n]‖ for each feed-forward neuron of one layer."""
-    into = layer.intermediate.dense.weight.detach().float().norm(dim=1)
-    out_of = layer.output.dense.weight.detach().float().norm(dim=0)
-    return into * out_of
+    """‖W_in[n, :]‖ · ‖W_out[:, n]‖ for each feed-forward neuron of one layer (the `structured` step's criterion)."""
+    return neuron_scores(layer, BLOCKS["bert"])
 
 
 def attention_rows(layer: torch.nn.Module, teacher_heads: int, heads: int, head_dim: int) -> tuple[Tensor, Tensor]:

@@ -10,16 +10,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from compress.config import DataSpec
-from compress.data.text_data import TextData
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.models.placement import collect_on_host
-from compress.quantize.calibration import calibration_windows
-from compress.quantize.memory_estimate import check_fits, estimate_layerwise
+from compress.prune.sparsity import sparsity_structure
 from compress.quantize.scheme import QuantizedWeight
 from compress.quantize.targets import check_patterns, select_linears
 from compress.steps.base import StageContext, Step
+from compress.steps.calibrated import CalibrationMixin
 from compress.steps.quantize.config import CalibratedConfig, PeerBackendConfig, WeightQuantConfig
 
 log = logging.getLogger("compress")
@@ -62,7 +60,7 @@ class WeightQuantStep(Step):
         return self._details
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
-        from compress.models.compressed_tensors import quantization_config
+        from compress.models.compressed_tensors import dense_sparsity_config, quantization_config
 
         where = self.name
         check_patterns(self.config.targets, f"{where}.targets")
@@ -77,12 +75,19 @@ class WeightQuantStep(Step):
         linears = select_linears(model.model, self.config.targets, self.config.ignore, where)
         check_group_size(linears, self.config.group_size, where)
         count = len(linears)
+        weights = [m.weight.detach() for m in linears.values()]
+        structure = sparsity_structure(weights)  # of an earlier pruning step, recorded for vLLM's kernels
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        del weights
         started = time.perf_counter()
         self.quantize(model, linears, ctx)
         scheme = self.config.scheme
-        model.model.config.quantization_config = quantization_config(
+        config = quantization_config(
             dict.fromkeys(self.config.targets, scheme), self.config.ignore, actorder=self.checkpoint_actorder()
         )
+        if structure is not None:
+            config["sparsity_config"] = dense_sparsity_config(structure, zeros, self.config.targets, self.config.ignore)
+        model.model.config.quantization_config = config
         self._details.update(quantized_modules=count, quantize_seconds=round(time.perf_counter() - started, 2))
         return model
 
@@ -116,57 +121,11 @@ def replace_in(root: torch.nn.Module, quantized: dict[str, QuantizedWeight]) -> 
     replace_linears(root, quantized, dtype)
 
 
-class CalibratedStep(WeightQuantStep):
+class CalibratedStep(CalibrationMixin, WeightQuantStep):
     """A method that observes activations (GPTQ, AWQ): calibration windows, memory check, layer by layer."""
 
     Config: ClassVar[type[CalibratedConfig]] = CalibratedConfig
     config: CalibratedConfig
-
-    def check_memory(self, network: torch.nn.Module, statistics_bytes: int, ctx: StageContext) -> None:
-        """Print the pre-flight memory estimate and refuse, before any work, a run that will not fit."""
-        if not self.config.memory_check:
-            return
-        from compress.architectures.decoder import decoder_layers
-
-        spec = self.config.calibration
-        estimate = estimate_layerwise(
-            network,
-            decoder_layers(network),
-            samples=spec.samples,
-            seq_len=spec.seq_len,
-            batch_size=spec.batch_size,
-            device=ctx.device,
-            statistics_bytes=statistics_bytes,
-        )
-        self._details["memory_estimate"] = estimate.as_dict()
-        if self.progress:
-            print(f"{self.name}: {estimate.describe()}", flush=True)
-        check_fits(estimate, self.name)
-
-    def calibration_batches(self, model: ModelHandle, ctx: StageContext) -> list[torch.Tensor]:
-        spec = self.config.calibration
-        seed = ctx.seed if spec.seed is None else spec.seed
-        windows = calibration_windows(
-            model.tokenizer,
-            self._calibration_text(ctx),
-            spec.samples,
-            spec.seq_len,
-            seed,
-            where=f"{self.name}.calibration",
-        )
-        return list(windows.split(spec.batch_size))
-
-    def _calibration_text(self, ctx: StageContext) -> TextData:
-        spec = self.config.calibration
-        if spec.data is None:
-            # Enough documents for the windows: short ones (C4's median is ~400 tokens) need many.
-            return ctx.calibration_data(max(1000, 8 * spec.samples))
-        from compress.data.load import load_text_data
-
-        data_spec = DataSpec(path=spec.data, text=spec.text, label=None)
-        return load_text_data(
-            data_spec, "train", task="causal-lm", base_dir=ctx.base_dir, where=f"{self.name}.calibration.data"
-        )
 
 
 class PeerBackedStep(CalibratedStep):

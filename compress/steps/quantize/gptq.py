@@ -10,9 +10,10 @@ from pydantic import Field, PositiveInt
 
 from compress.architectures.decoder import decoder_layers, decoder_map, shared_input_groups
 from compress.models.handle import ModelHandle
+from compress.prune.masks import PRUNED_LAYER_SPARSITY
 from compress.quantize.gptq import accumulate_hessian, gptq_quantize
 from compress.quantize.rtn import rtn_quantize
-from compress.quantize.sequential import calibrate_layer_by_layer
+from compress.quantize.sequential import calibrate_layer_by_layer, observe_inputs
 from compress.steps.base import StageContext
 from compress.steps.quantize.base import PeerBackedStep, replace_in, take_layer
 from compress.steps.quantize.config import PeerBackendConfig
@@ -26,6 +27,11 @@ class GPTQConfig(PeerBackendConfig):
         True,
         description="With act_order and groups: fix each group's scale before reordering, so the checkpoint "
         "needs no column permutation (`actorder: static`); false writes a `g_idx` (`actorder: group`).",
+    )
+    preserve_sparsity: bool | None = Field(
+        None,
+        description="Keep pruned weights at exactly zero (error updates skip them), so an earlier pruning "
+        "step's sparsity (2:4 too) survives; default: for layers that are at least 5 % zeros.",
     )
 
 
@@ -61,35 +67,26 @@ class GPTQ(PeerBackedStep):
             # Modules reading one input share its Hessian, and GPTQ treats rows independently: q/k/v (gate/up)
             # stacked along their rows are one GPTQ problem, quantized in one pass with the same result.
             groups = shared_input_groups(network, list(here))
-            hessians: dict[tuple[str, ...], tuple[torch.Tensor | None, int]] = dict.fromkeys(groups, (None, 0))
-
-            def observe(group: tuple[str, ...]):
-                def hook(_module: torch.nn.Module, args: tuple) -> None:
-                    hessian, count = hessians[group]
-                    hessians[group] = accumulate_hessian(hessian, args[0].detach(), count)
-
-                return hook
-
-            handles = [here[group[0]].register_forward_pre_hook(observe(group)) for group in groups]
-            try:
-                replay()
-            finally:
-                for handle in handles:
-                    handle.remove()
+            hessians = observe_inputs(here, groups, accumulate_hessian, replay)
             quantized = {}
             for group in groups:
-                hessian, _count = hessians.pop(group)
+                hessian = hessians.pop(group)
                 weights = [here[name].weight.detach().float() for name in group]
+                weight = torch.cat(weights) if len(weights) > 1 else weights[0]
+                preserve = cfg.preserve_sparsity
+                if preserve is None:
+                    preserve = (weight == 0).float().mean().item() >= PRUNED_LAYER_SPARSITY
                 qweight, loss = gptq_quantize(
-                    torch.cat(weights) if len(weights) > 1 else weights[0],
+                    weight,
                     hessian,
                     scheme,
                     block_size=cfg.block_size,
                     dampening=cfg.dampening,
                     act_order=cfg.act_order,
                     static_groups=cfg.static_groups,
+                    preserve_zeros=preserve,
                 )
-                del hessian, weights
+                del hessian, weights, weight
                 parts = qweight.split_rows([here[name].out_features for name in group])
                 quantized.update(zip(group, parts, strict=True))
                 losses[f"{prefix}.{index}.{'+'.join(group)}"] = round(float(loss), 6)

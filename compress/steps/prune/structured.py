@@ -1,0 +1,159 @@
+"""`structured`: remove attention heads (whole key/value groups under GQA), feed-forward neurons and whole layers,
+for BERT encoders and Llama-style decoders (`compress.architectures.blocks`). The result is a smaller dense model:
+every runtime runs it faster, no sparse kernels needed. Layers may end up with different widths (per-layer
+shares); the saved stage records each resized Linear's shape, so it reloads exactly."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, field_validator
+
+from compress.architectures.blocks import block_map, heads_of
+from compress.config import Schema
+from compress.errors import ConfigError
+from compress.models.handle import ModelHandle
+from compress.models.placement import collect_on_host
+from compress.models.size import count_parameters
+from compress.prune.structured import drop_layers, prune_block
+from compress.steps.base import StageContext, Step, StepConfig
+from compress.steps.quantize.base import already_quantized
+
+Share = float | list[float]
+
+
+class StructureSpec(Schema):
+    """What structured pruning removes (the `structured` step; a distill student `{structured: {...}}` too)."""
+
+    heads: Share = Field(
+        0.0,
+        description="Share of attention heads removed (under grouped-query attention, of key/value groups, each "
+        "with its query heads): one share for every layer, or a list with one per layer (before `drop_layers`).",
+    )
+    ffn: Share = Field(0.0, description="Share of feed-forward neurons removed: one for every layer, or one per layer.")
+    drop_layers: list[int] = Field(default_factory=list, description="Layers removed whole (0-based indices).")
+
+    @field_validator("heads", "ffn")
+    @classmethod
+    def _shares(cls, value: Share) -> Share:
+        for share in value if isinstance(value, list) else [value]:
+            if not 0 <= share < 1:
+                raise ValueError(f"a share of units removed must be in [0, 1), got {share}")
+        return value
+
+
+class StructuredConfig(StepConfig, StructureSpec):
+    pass
+
+
+def _per_layer(share: Share, layers: int, where: str) -> list[float]:
+    if not isinstance(share, list):
+        return [share] * layers
+    if len(share) != layers:
+        raise ConfigError(
+            f"{len(share)} shares given for a model of {layers} layers",
+            where=where,
+            fix=f"give one share for every layer ({layers}), or a single share for all",
+        )
+    return share
+
+
+def _kept(units: int, share: float) -> int | None:
+    """How many of `units` stay (at least one), or None when nothing is removed."""
+    return None if share == 0 else max(1, round(units * (1 - share)))
+
+
+class Structured(Step):
+    """Structured pruning by weight-based importance (data-free, deterministic)."""
+
+    name: ClassVar[str] = "structured"
+    Config = StructuredConfig
+    config: StructuredConfig
+
+    def __init__(self, config: StructuredConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._details: dict[str, Any] = {}
+
+    def details(self) -> dict[str, Any]:
+        return self._details
+
+    def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
+        if already_quantized(model.model):
+            raise ConfigError(
+                "the model is already weight-quantized; its packed weights cannot be sliced",
+                where=self.name,
+                fix="prune first, then quantize",
+            )
+        collect_on_host(model.model, self.name)
+        self._details = prune_structure(model.model, self.config, self.name)
+        return model.replace(transforms=[*model.transforms, structure_transform(model.model)])
+
+
+def prune_structure(network: torch.nn.Module, spec: StructureSpec, where: str) -> dict[str, Any]:
+    """Remove what `spec` says from `network`, in place; returns what is left (heads and neurons per layer)."""
+    blocks, layers_path = block_map(network)
+    heads = heads_of(network.config)
+    layers = network.get_submodule(layers_path)
+    count = len(layers)
+    bad = [i for i in spec.drop_layers if not 0 <= i < count]
+    if bad or len(set(spec.drop_layers)) >= count:
+        raise ConfigError(
+            f"drop_layers {spec.drop_layers} must name distinct layers in 0..{count - 1} and keep at least one",
+            where=f"{where}.drop_layers",
+            fix=f"give indices below {count}, fewer than {count} of them",
+        )
+    head_shares = _per_layer(spec.heads, count, f"{where}.heads")
+    ffn_shares = _per_layer(spec.ffn, count, f"{where}.ffn")
+    before = count_parameters(network)
+    started = time.perf_counter()
+    for index, layer in enumerate(layers):
+        if index in spec.drop_layers:
+            continue
+        groups = layer.get_submodule(blocks.key).out_features // heads.head_dim
+        neurons = layer.get_submodule(blocks.ffn_out).in_features
+        prune_block(layer, blocks, heads, _kept(groups, head_shares[index]), _kept(neurons, ffn_shares[index]))
+    drop_layers(network, layers_path, spec.drop_layers)
+    return {
+        **layer_widths(network),
+        "parameters_before": before,
+        "parameters_after": count_parameters(network),
+        "prune_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def layer_widths(network: torch.nn.Module) -> dict[str, Any]:
+    """Query heads and feed-forward neurons of each layer, and the layer count."""
+    blocks, layers_path = block_map(network)
+    head_dim = heads_of(network.config).head_dim
+    layers = network.get_submodule(layers_path)
+    return {
+        "query_heads": [layer.get_submodule(blocks.query).out_features // head_dim for layer in layers],
+        "ffn_neurons": [layer.get_submodule(blocks.ffn_out).in_features for layer in layers],
+        "layers": len(layers),
+    }
+
+
+def structure_transform(network: torch.nn.Module) -> dict[str, Any]:
+    """The handle's transform record that rebuilds these layer shapes on load (`resize_linears`)."""
+    blocks, layers_path = block_map(network)
+    layers = network.get_submodule(layers_path)
+    shapes = {
+        f"{layers_path}.{index}.{path}": list(layer.get_submodule(path).weight.shape)
+        for index, layer in enumerate(layers)
+        for path in (*blocks.attention_linears(), *blocks.ffn_in, blocks.ffn_out)
+    }
+    return {"name": "structured", "shapes": shapes}
+
+
+def resize_linears(model: torch.nn.Module, shapes: dict[str, list[int]]) -> torch.nn.Module:
+    """The `structured` transform replayed on load: give each named Linear its pruned (out, in) shape, so the
+    saved tensors fit (the layer count is already in the saved config)."""
+    from compress.prune.structured import set_module
+
+    for name, (out_features, in_features) in shapes.items():
+        old = model.get_submodule(name)
+        new = torch.nn.Linear(in_features, out_features, bias=old.bias is not None, dtype=old.weight.dtype)
+        set_module(model, name, new)
+    return model

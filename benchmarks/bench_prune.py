@@ -3,7 +3,7 @@ from the same dense baseline, then SparseGPT 2:4 + GPTQ W4; WikiText-2 perplexit
 (`benchmarks/recipes/prune.yaml`).
 
     python benchmarks/bench_prune.py --gpu --model <GGUF folder>     # the issue's protocol, on a CUDA GPU
-    python benchmarks/bench_prune.py --rows 400                      # CPU, on the first 400 WikiText-2 rows
+    python benchmarks/bench_prune.py --rows 300 --model <GGUF folder>   # CPU: the first 300 WikiText-2 test rows
 
 Writes benchmarks/results/prune.json and docs/benchmarks/prune.md (GPU), or prune-cpu.* (CPU).
 """
@@ -136,6 +136,8 @@ def main() -> None:
     overrides = recipe_overrides(args)
     if args.rows is not None:
         overrides["data.limit"] = args.rows or None
+    if not args.gpu:  # 2 cores: one timed pass per stage (batch 1, which also scores it), a short decode
+        overrides |= {"evaluate.batch_sizes": [1], "evaluate.decode_tokens": 16, "evaluate.threads": 2}
     record = run_benchmark(
         name,
         RECIPE,

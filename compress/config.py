@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, ValidationError, field_validator
 
-from compress.errors import ConfigError
+from compress.errors import ECHO_LIMIT, ConfigError, clip, shown
 
 # A task name registered in `compress.registry.TASKS` (built in: text-classification, causal-lm); what each task
 # decides lives in its adapter under `compress/tasks/`.
@@ -40,7 +40,10 @@ class ModelSpec(Schema):
     )
     gguf_file: str | None = Field(None, description="A GGUF file inside `source` to load dequantized.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+    # Strict: a security switch must not turn on because a string ("yes", "no", "false") happened to parse as true.
+    trust_remote_code: StrictBool = Field(
+        False, description="Run model code from the hub. Off unless you trust it (`true` / `false` only)."
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights' dtype on load.")
     device_map: str | dict[str, int | str] | None = Field(
         None,
@@ -92,6 +95,12 @@ class DataSpec(Schema):
     )
     header: bool | None = Field(None, description="Whether csv/tsv files have a header row; None: detect.")
     columns: list[str] | None = Field(None, description="Column names for headerless csv/tsv files.")
+    quoting: Literal["auto", "csv", "none"] = Field(
+        "auto",
+        description='Quotes in csv/tsv cells: `csv` (a cell in "..." with inner quotes doubled, as pandas and '
+        "Python's csv module write), `none` (raw text, as GLUE's TSV files), `auto`: csv for .csv files; for .tsv, "
+        "csv when the file's quoted cells all follow that convention, else none.",
+    )
     limit: PositiveInt | None = Field(None, description="Use at most this many evaluation rows.")
     train_limit: PositiveInt | None = Field(None, description="Use at most this many training rows.")
     seed: int = Field(0, description="Seed for sampling `train_limit` rows.")
@@ -178,8 +187,8 @@ def format_validation_error(exc: ValidationError, *, source: str | Path | None, 
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"must be one of {err['ctx']['expected']}"
         got = err.get("input")
-        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{yaml_path(loc, prefix)}: {msg}{shown}")
+        echo = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {shown(got)})"
+        lines.append(f"{yaml_path(loc, prefix)}: {clip(msg, 2 * ECHO_LIMIT)}{echo}")
     where = str(source) if source else None
     return ConfigError(
         "invalid recipe:\n    " + "\n    ".join(lines),

@@ -5,6 +5,19 @@ The CLI prints these without a traceback; anything else that escapes is a bug in
 
 from __future__ import annotations
 
+# What an error may echo of the user's input: a 10 MB key must not become a 10 MB message.
+ECHO_LIMIT = 200
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`repr(value)`, clipped: how errors echo bad input."""
+    return clip(repr(value), limit)
+
 
 class CompressError(Exception):
     """An error the user can fix: bad recipe, bad data, missing optional backend."""

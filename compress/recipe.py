@@ -9,7 +9,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from compress.config import DataSpec, EvalSpec, GateSpec, ModelSpec, Schema, format_validation_error
-from compress.errors import ConfigError
+from compress.errors import ECHO_LIMIT, ConfigError, clip, shown
 from compress.export.base import Exporter
 from compress.registry import EXPORTERS, STEPS
 from compress.steps.base import Step
@@ -118,6 +118,8 @@ class Recipe:
         base_dir = base_dir or Path.cwd()
         if raw.get("task"):
             raw = _merge_task(raw, base_dir, source)
+        if not isinstance(raw.get("data", {}), dict | str | None):
+            raise ConfigError(f"`data` must be a mapping (got {shown(raw['data'])})", where=f"{source}: data")
         try:
             parsed = RecipeFile.model_validate(raw)
         except ValidationError as exc:
@@ -150,25 +152,86 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             where=str(path),
             fix="check the path (`compress list` shows bundled recipes)",
         )
+    if not path.is_file():
+        raise ConfigError("not a file", where=str(path), fix="give the path of a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+            where=str(path),
+            fix="save the file as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", where=str(path), fix="check the path") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"not valid YAML: {exc}", where=str(path), fix="fix the YAML syntax at the line shown"
+            f"not valid YAML: {clip(str(exc), 2 * ECHO_LIMIT)}",
+            where=str(path),
+            fix="fix the YAML syntax at the line shown",
+        ) from None
+    except (ValueError, TypeError) as exc:  # a tag whose value does not convert: `!!int 'abc'`
+        raise ConfigError(
+            f"a YAML tag could not be applied: {clip(str(exc))}", where=str(path), fix="remove the `!!` tags"
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"nested more than {MAX_DEPTH} levels deep", where=str(path), fix="flatten the recipe"
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError("a recipe must be a YAML mapping with `model`, `data` and `steps`", where=str(path))
+    check_size(raw, str(path))
     return raw
 
 
+# A recipe is a few hundred values; these bounds stop hostile YAML (deep nesting, alias bombs) before validation
+# walks it, and cost nothing for real recipes.
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+def check_size(raw: Any, where: str) -> None:
+    """ConfigError when `raw` nests deeper than MAX_DEPTH or holds more than MAX_NODES values (aliases counted
+    each time they are used: PyYAML shares the object, but validation and error messages walk every use)."""
+    seen = 0
+    stack: list[tuple[Any, int]] = [(raw, 0)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(
+                f"more than {MAX_NODES:,} values (YAML aliases expanding?)",
+                where=where,
+                fix="write the recipe out plainly",
+            )
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", where=where, fix="flatten the recipe")
+        if isinstance(node, dict):
+            stack.extend((value, depth + 1) for value in node.values())
+            stack.extend((key, depth + 1) for key in node)
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+
+
 def _merge_task(raw: dict[str, Any], base_dir: Path, source: str | Path | None) -> dict[str, Any]:
-    task_path = (base_dir / raw["task"]).resolve()
-    if not task_path.exists():
-        raise ConfigError(f"task file '{raw['task']}' not found (looked in {task_path})", where=f"{source}: task")
+    where = f"{source}: task" if source else "task"
+    if not isinstance(raw["task"], str):
+        raise ConfigError(f"must be the path of a task file (got {shown(raw['task'])})", where=where)
+    try:
+        task_path = (base_dir / raw["task"]).resolve()
+        found = task_path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ConfigError(f"not a usable path: {clip(str(exc))}", where=where, fix="give a task file's path") from None
+    if not found:
+        raise ConfigError(f"task file {shown(raw['task'])} not found (looked in {clip(str(task_path))})", where=where)
     task = _read_yaml(task_path)
     merged = dict(raw)
     for section in ("data", "evaluate"):
         if section in task:
+            if not isinstance(task[section], dict):
+                raise ConfigError(f"`{section}` must be a mapping", where=f"{task_path}: {section}")
             section_value = dict(task[section])
             if section == "data":
                 section_value = _rebase_paths(section_value, task_path.parent, base_dir)
@@ -199,14 +262,18 @@ def _build(entry: Any, index: int, section: str, registry: Any, source: str | Pa
         name, config = next(iter(entry.items()))
         config = config or {}
     else:
+        name = None
+    if not isinstance(name, str):
         raise ConfigError(
-            f"each entry must be `- name` or `- name: {{...}}` (got {entry!r})",
+            f"each entry must be `- name` or `- name: {{...}}` with a name as text (got {shown(entry)})",
             where=f"{source}: {where_prefix}" if source else where_prefix,
             fix=f"registered {section}: {', '.join(registry.names())}",
         )
     cls = registry.get(name, where=f"{source}: {where_prefix}" if source else where_prefix)
     if not isinstance(config, dict):
-        raise ConfigError(f"the config of '{name}' must be a mapping (got {config!r})", where=f"{where_prefix}.{name}")
+        raise ConfigError(
+            f"the config of '{name}' must be a mapping (got {shown(config)})", where=f"{where_prefix}.{name}"
+        )
     try:
         return cls(cls.Config.model_validate(config))
     except ValidationError as exc:
@@ -216,12 +283,21 @@ def _build(entry: Any, index: int, section: str, registry: Any, source: str | Pa
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Apply `--set data.limit=100` overrides to the raw YAML, before validation so errors name the field."""
     for dotted, value in overrides.items():
-        node = raw
+        node: Any = raw
         parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        if isinstance(node, list):
-            node[int(parts[-1])] = value
-        else:
-            node[parts[-1]] = value
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            if isinstance(node, list):
+                node[int(parts[-1])] = value
+            elif isinstance(node, dict):
+                node[parts[-1]] = value
+            else:
+                raise TypeError
+        except (ValueError, IndexError, TypeError, AttributeError):
+            raise ConfigError(
+                f"cannot set {shown(dotted)}: the path does not lead to a field of this recipe",
+                where=f"--set {clip(dotted)}",
+                fix="name a field by its YAML path, lists by index (`steps.0.truncate.max_length=64`)",
+            ) from None
     return raw

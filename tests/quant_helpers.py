@@ -55,3 +55,20 @@ def all_plain(handle: ModelHandle) -> bool:
 
 def copy_of(handle: ModelHandle) -> ModelHandle:
     return handle.replace(model=copy.deepcopy(handle.model))
+
+
+def tiny_llm_files(handle: ModelHandle, tmp_path: Path) -> dict[str, object]:
+    """Save `handle` and two WikiText slices (eval.txt, calib.txt) under `tmp_path`; returns the recipe's `model`
+    and `data` sections and a calibration section reading calib.txt."""
+    from conftest import WIKITEXT
+
+    handle.model.save_pretrained(tmp_path / "tiny")
+    handle.tokenizer.save_pretrained(tmp_path / "tiny")
+    rows = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    (tmp_path / "eval.txt").write_text("\n".join(rows[:40]), encoding="utf-8")
+    (tmp_path / "calib.txt").write_text("\n".join(rows[40:400]), encoding="utf-8")
+    return {
+        "model": {"source": str(tmp_path / "tiny"), "task": "causal-lm"},
+        "data": {"path": "eval.txt", "label": None},
+        "calibration": {**CALIBRATION, "data": "calib.txt"},
+    }

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WIKITEXT
-from quant_helpers import CALIBRATION, context, copy_of, logits, mean_error, probe_ids
+from quant_helpers import CALIBRATION, context, copy_of, logits, mean_error, probe_ids, tiny_llm_files
 
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
@@ -124,16 +123,12 @@ def test_recipe_reports_sparsity_per_stage(tiny_llama: ModelHandle, tmp_path: Pa
     from compress.recipe import Recipe
     from compress.report.markdown import stage_table
 
-    tiny_llama.model.save_pretrained(tmp_path / "tiny")
-    tiny_llama.tokenizer.save_pretrained(tmp_path / "tiny")
-    rows = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    (tmp_path / "eval.txt").write_text("\n".join(rows[:40]), encoding="utf-8")
-    (tmp_path / "calib.txt").write_text("\n".join(rows[40:400]), encoding="utf-8")
-    calibration = {**CALIBRATION, "data": "calib.txt"}
+    files = tiny_llm_files(tiny_llama, tmp_path)
+    calibration = files["calibration"]
     recipe = Recipe.from_dict(
         {
-            "model": {"source": str(tmp_path / "tiny"), "task": "causal-lm"},
-            "data": {"path": "eval.txt", "label": None},
+            "model": files["model"],
+            "data": files["data"],
             "evaluate": {"batch_sizes": [1], "seq_len": 64, "decode_tokens": 0},
             "steps": [
                 {"magnitude": {"source": "baseline", "pattern": "2:4", "label": "magnitude-2of4"}},

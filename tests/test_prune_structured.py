@@ -98,7 +98,7 @@ def test_bad_settings_fail_before_work(tiny_llama: ModelHandle, wiki: TextData, 
         Recipe.from_dict({"model": {"source": "x", "task": "causal-lm"}, "data": {"path": "e"}, "steps": steps})
     assert "steps[0].structured.heads" in str(error.value)
     tiny_llama.model.config.model_type = "gpt2"
-    with pytest.raises(ModelError, match="no block map"):
+    with pytest.raises(ModelError, match="no structured-pruning block map"):
         Structured(ffn=0.5).apply(tiny_llama, context(wiki, tmp_path))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import WIKITEXT
-from quant_helpers import CALIBRATION, all_plain, context, copy_of, logits, mean_error, probe_ids
+from quant_helpers import CALIBRATION, all_plain, context, copy_of, logits, mean_error, probe_ids, tiny_llm_files
 from safetensors.torch import load_file
 
 from compress.data.text_data import TextData
@@ -132,16 +132,12 @@ def test_quantizing_twice_is_refused(tiny_llama: ModelHandle, wiki: TextData, tm
 def test_recipe_compares_methods_from_one_baseline(tiny_llama: ModelHandle, tmp_path: Path) -> None:
     from compress.recipe import Recipe
 
-    tiny_llama.model.save_pretrained(tmp_path / "tiny")
-    tiny_llama.tokenizer.save_pretrained(tmp_path / "tiny")
-    rows = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    (tmp_path / "eval.txt").write_text("\n".join(rows[:40]), encoding="utf-8")
-    (tmp_path / "calib.txt").write_text("\n".join(rows[40:400]), encoding="utf-8")
-    calibration = {**CALIBRATION, "data": "calib.txt"}
+    files = tiny_llm_files(tiny_llama, tmp_path)
+    calibration = files["calibration"]
     recipe = Recipe.from_dict(
         {
-            "model": {"source": str(tmp_path / "tiny"), "task": "causal-lm"},
-            "data": {"path": "eval.txt", "label": None},
+            "model": files["model"],
+            "data": files["data"],
             "evaluate": {"batch_sizes": [1, 2], "seq_len": 64, "decode_tokens": 8},
             "steps": [
                 {"rtn": {"source": "baseline", "group_size": 16}},

@@ -2,7 +2,7 @@
 
 Structured pruning removes attention heads (under grouped-query attention: whole key/value groups, each with the
 query heads that read it), feed-forward neurons and whole layers. Paths are relative to one layer; `layers` is
-the ModuleList of layers from the model. Both BERT and Llama-style attention infer the head count from the
+the ModuleList of layers from the base model. Both BERT and Llama-style attention infer the head count from the
 projection widths (`view(..., -1, head_dim)`), so slicing the Linears is the whole change: the head size stays.
 """
 
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.errors import ModelError
+from compress.architectures.lookup import entry_for
 
 
 @dataclass(frozen=True)
 class BlockMap:
-    layers: str  # the ModuleList of layers, from the model
+    layers: str  # the ModuleList of layers, from the base model (BertModel, LlamaModel)
     query: str  # output rows grouped by query head
     key: str  # output rows grouped by key/value head
     value: str
@@ -30,7 +30,7 @@ class BlockMap:
 
 
 _BERT = BlockMap(
-    layers="encoder.layer",  # under the base model (`bert.`), resolved by `block_map`
+    layers="encoder.layer",
     query="attention.self.query",
     key="attention.self.key",
     value="attention.self.value",
@@ -40,7 +40,7 @@ _BERT = BlockMap(
 )
 
 _LLAMA = BlockMap(
-    layers="model.layers",
+    layers="layers",
     query="self_attn.q_proj",
     key="self_attn.k_proj",
     value="self_attn.v_proj",
@@ -71,19 +71,11 @@ class Heads:
 
 
 def block_map(model: torch.nn.Module) -> tuple[BlockMap, str]:
-    """The model's block map and the full path of its layer list."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in BLOCKS:
-        raise ModelError(
-            f"structured pruning has no block map for model type '{model_type}' (known: {', '.join(sorted(BLOCKS))})",
-            where="model.source",
-            fix="use a supported architecture, or add its map to compress.architectures.blocks.BLOCKS",
-        )
-    blocks = BLOCKS[model_type]
-    layers = blocks.layers
-    if model_type == "bert" and getattr(model, "base_model_prefix", "") and hasattr(model, model.base_model_prefix):
-        layers = f"{model.base_model_prefix}.{layers}"
-    return blocks, layers
+    """The model's block map and the full path of its layer list (under the base model when the model is a
+    task model: `bert.encoder.layer`, `model.layers`)."""
+    blocks = entry_for(model, BLOCKS, "structured-pruning block map", "compress.architectures.blocks.BLOCKS")
+    prefix = getattr(model, "base_model_prefix", "")
+    return blocks, f"{prefix}.{blocks.layers}" if prefix and hasattr(model, prefix) else blocks.layers
 
 
 def heads_of(config: object) -> Heads:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.errors import ModelError
+from compress.architectures.lookup import entry_for
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,7 @@ DECODERS: dict[str, DecoderMap] = {
 
 
 def decoder_map(model: torch.nn.Module) -> DecoderMap:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DECODERS:
-        raise ModelError(
-            f"no decoder map for model type '{model_type}' (known: {', '.join(sorted(DECODERS))})",
-            where="model.source",
-            fix="use a supported architecture, or add its map to compress.architectures.DECODERS",
-        )
-    return DECODERS[model_type]
+    return entry_for(model, DECODERS, "decoder map", "compress.architectures.DECODERS")
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

@@ -1,8 +1,10 @@
 """Read csv/tsv files, with or without a header row, every cell as a string.
 
 Cells are read as strings (no pandas type guessing, no "NA" → missing): a review that says "null" stays text,
-and the label module decides how label strings map to ids. TSV files are read without quote handling, as GLUE
-writes them (a sentence may start with a quote character).
+and the label module decides how label strings map to ids. CSV files are read with CSV quoting. TSV files are read
+raw, as GLUE writes them (a sentence may start with a quote character), unless their quoted cells all follow the
+CSV convention — `"…"` around the cell, inner quotes doubled, as pandas and Python's csv module write any cell that
+holds a quote — in which case the quotes are parsed (`data.quoting` overrides the detection).
 
 When `data.header` is not set, the first rows are inspected:
   * a first row holding the recipe's column names (or equal to `data.columns`) is a header;
@@ -39,7 +41,7 @@ def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str,
     """`field` is the YAML path of this file (data.path or data.path.<split>), `where` the data section's."""
     tsv = path.suffix.lower() == ".tsv"
     sep = "\t" if tsv else ","
-    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+    quoting = _quoting(path, spec.quoting, tsv, field)
     rows = _first_rows(path, sep, quoting, field)
     if not rows:
         raise DataError(f"{path} is empty", where=field, fix="point at a file with a header row and data rows")
@@ -127,7 +129,27 @@ def unreadable(path: Path, field: str, exc: BaseException) -> DataError:
     )
 
 
+def _quoting(path: Path, setting: str, tsv: bool, field: str) -> int:
+    if setting == "csv" or (setting == "auto" and not tsv):
+        return csv.QUOTE_MINIMAL
+    if setting == "none":
+        return csv.QUOTE_NONE
+    cells = [cell for row in _first_rows(path, "\t", csv.QUOTE_NONE, field) for cell in row]
+    return csv.QUOTE_MINIMAL if csv_quoted(cells) else csv.QUOTE_NONE
+
+
+def csv_quoted(cells: list[str]) -> bool:
+    """Whether raw cells look CSV-quoted: some cell is wrapped in quotes, and every cell that starts with a quote
+    is wrapped and doubles its inner quotes (a GLUE sentence that merely starts with a quote does not)."""
+    starting = [cell for cell in cells if cell.startswith('"')]
+    if not starting:
+        return False
+    return all(len(cell) >= 2 and cell.endswith('"') and '"' not in cell[1:-1].replace('""', "") for cell in starting)
+
+
 def _first_rows(path: Path, sep: str, quoting: int, field: str) -> list[list[str]]:
+    # A review can be longer than the csv module's default 128 KiB field limit; any size is fine here.
+    csv.field_size_limit(2**31 - 1)
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: Excel starts files with a BOM
             reader = csv.reader(handle, delimiter=sep, quoting=quoting)

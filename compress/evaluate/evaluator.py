@@ -19,6 +19,7 @@ import torch
 
 from compress.config import EvalSpec, Task
 from compress.data.text_data import TextData
+from compress.errors import ModelError
 from compress.evaluate.batching import Batch, batch_count
 from compress.evaluate.latency import Reduce, run_pass
 from compress.evaluate.memory import MIB, PeakMemory
@@ -51,6 +52,7 @@ def evaluate(
     task = get_task(runtime.task)
     with PeakMemory(runtime.device) as memory:
         measured = _measure(runtime, data, spec, latency_sizes=spec.batch_sizes, progress=progress)
+        check_finite(measured.outputs, runtime.name)
         generation = task.generation_metrics(runtime, data, spec)
     values = _compute(metrics, measured)
     values.update(task.throughput_metrics(measured.latency[str(max(spec.batch_sizes))]))
@@ -72,6 +74,18 @@ def evaluate(
         duration_s=time.perf_counter() - began,
     )
     return evaluation, measured.outputs
+
+
+def check_finite(outputs: np.ndarray, runtime: str) -> None:
+    """A model whose outputs are NaN or infinite is broken, whatever its metric says (argmax of NaN logits is
+    class 0: a plausible-looking accuracy). Fail loudly instead."""
+    finite = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1) if outputs.size else np.ones(0, dtype=bool)
+    if not finite.all():
+        raise ModelError(
+            f"{int((~finite).sum())} of {len(finite)} outputs in {runtime} are NaN or infinite",
+            fix="the step that made this model diverged or overflowed: lower its learning_rate, or use a wider "
+            "dtype (cast to float32/bfloat16 rather than float16)",
+        )
 
 
 def score(runtime: Runtime, data: TextData, spec: EvalSpec, *, progress: bool = False) -> dict[str, float]:

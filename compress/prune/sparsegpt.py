@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from compress.prune.pattern import SparsityPattern
-from compress.quantize.gptq import inverse_hessian_factor
+from compress.quantize.gptq import float_problem, inverse_hessian_factor
 
 
 def sparsegpt_prune(
@@ -25,23 +25,13 @@ def sparsegpt_prune(
 ) -> tuple[torch.Tensor, float]:
     """Prune an (out, cols) weight given its inputs' Hessian; returns the pruned weight (float32) and the loss
     Σ (w - ŵ)² / (2 [H⁻¹]_cc²) of the reference. Works on the weight's device; `hessian` is not modified."""
-    if weight.ndim != 2:
-        raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
-    rows, columns = weight.shape
+    W, H = float_problem(weight, hessian, "SparseGPT")
+    rows, columns = W.shape
     pattern.check(columns)
-    if hessian.shape != (columns, columns):
-        raise ValueError(f"Hessian shape {tuple(hessian.shape)} does not match the weight's {columns} columns")
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     if pattern.structured and block_size % pattern.m:
         block_size = pattern.m * max(1, block_size // pattern.m)  # an N:M group never straddles two blocks
-    W = weight.detach().to(dtype=torch.float32, copy=True)
-    H = hessian.detach().to(device=W.device, dtype=torch.float32, copy=True)
-    if not bool(torch.isfinite(H).all()):
-        raise ValueError("SparseGPT: the Hessian has non-finite entries (inf/nan in the calibration activations?)")
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
     Hinv = inverse_hessian_factor(H, dampening, method="SparseGPT")
     del H
     losses = torch.zeros(rows, device=W.device)

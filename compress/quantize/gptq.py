@@ -46,6 +46,25 @@ def accumulate_hessian(hessian: torch.Tensor | None, inputs: torch.Tensor, count
     return hessian, total
 
 
+def float_problem(weight: torch.Tensor, hessian: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 copies of an (out, cols) weight and its inputs' Hessian on the weight's device, checked, with
+    dead inputs (never non-zero: no information, any value works) zeroed in W and given H_ii = 1 so H stays
+    invertible. Shared by GPTQ and SparseGPT (`method` names the caller in errors)."""
+    if weight.ndim != 2:
+        raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
+    columns = weight.shape[1]
+    if hessian.shape != (columns, columns):
+        raise ValueError(f"Hessian shape {tuple(hessian.shape)} does not match the weight's {columns} columns")
+    W = weight.detach().to(dtype=torch.float32, copy=True)
+    H = hessian.detach().to(device=W.device, dtype=torch.float32, copy=True)
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError(f"{method}: the Hessian has non-finite entries (inf/nan in the calibration activations?)")
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return W, H
+
+
 def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, method: str = "GPTQ") -> torch.Tensor:
     """Upper Cholesky factor of (H + damp·I)⁻¹, damp = dampening · mean(diag H); consumes `hessian` in place.
 
@@ -176,20 +195,10 @@ def gptq_quantize(
         raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
     rows, columns = weight.shape
     scheme.check(columns)
-    if hessian.shape != (columns, columns):
-        raise ValueError(f"Hessian shape {tuple(hessian.shape)} does not match the weight's {columns} columns")
     if block_size <= 0 or dampening < 0:
         raise ValueError(f"block_size must be positive and dampening non-negative, got {block_size}, {dampening}")
     device = weight.device
-    W = weight.detach().to(dtype=torch.float32, copy=True)
-    H = hessian.detach().to(device=device, dtype=torch.float32, copy=True)
-    if not bool(torch.isfinite(H).all()):
-        raise ValueError("GPTQ: the Hessian has non-finite entries (inf/nan in the calibration activations?)")
-
-    # An input that is always zero gives no information: any value works, so take 0 and keep H invertible.
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    W, H = float_problem(weight, hessian, "GPTQ")
 
     group_size = scheme.group_size
     # Parameters fixed before the loop: per channel (one group), or every group from the original weight.

@@ -61,6 +61,7 @@ class Step(ABC):
 
     def __init__(self, config: StepConfig | None = None, **kwargs: Any) -> None:
         self.config = config if config is not None else self.Config(**kwargs)
+        self._details: dict[str, Any] = {}  # what `apply` found, for `details`
 
     @abstractmethod
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
@@ -75,7 +76,7 @@ class Step(ABC):
 
     def details(self) -> dict[str, Any]:
         """What the last `apply` found that the report should keep (e.g. a search's scores)."""
-        return {}
+        return self._details
 
     def cache_key(self) -> dict[str, Any]:
         # Settings that cannot change the result stay out of the key, so toggling them reuses the cache.

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from compress.errors import ConfigError
 from compress.prune.masks import SparsityKeeper
 from compress.train.batches import LengthGroupedBatches, Row, pad_collate
 from compress.train.checkpoint import (
@@ -137,6 +138,12 @@ def train(
                 optimizer.zero_grad()
             state.batches_in_epoch += 1
             micro_losses.append(loss.detach().float().item())
+            if not math.isfinite(micro_losses[-1]):
+                raise ConfigError(
+                    f"the training loss became {micro_losses[-1]} at step {state.step + 1}: training diverged",
+                    where=description,
+                    fix="lower learning_rate (or set max_grad_norm); nothing was saved for this stage",
+                )
             if not accelerator.sync_gradients:
                 continue
             state.step += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from accelerate import PartialState
@@ -122,9 +122,6 @@ class Distill(Step):
             transforms = [structure_transform(trained)]
             self._details = {"student": layer_widths(trained)}
         return model.replace(model=trained.cpu().float().eval(), tokenizer=tokenizer, transforms=transforms)
-
-    def details(self) -> dict[str, Any]:
-        return getattr(self, "_details", {})
 
     def _teacher(self, model: ModelHandle) -> ModelHandle:
         if self.config.teacher is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -45,13 +45,6 @@ class PruneStep(Step):
 
     Config: ClassVar[type[PruneConfig]] = PruneConfig
     config: PruneConfig
-
-    def __init__(self, config: PruneConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._details: dict[str, Any] = {}
-
-    def details(self) -> dict[str, Any]:
-        return self._details
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         where = self.name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -37,13 +37,6 @@ class SemiStructured(Step):
     name: ClassVar[str] = "semi_structured"
     Config = SemiStructuredConfig
     config: SemiStructuredConfig
-
-    def __init__(self, config: SemiStructuredConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._details: dict[str, Any] = {}
-
-    def details(self) -> dict[str, Any]:
-        return self._details
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         criterion = _CRITERIA[self.config.method]

@@ -45,7 +45,7 @@ class StructureSpec(Schema):
 
 
 class StructuredConfig(StepConfig, StructureSpec):
-    pass
+    """The `structured` step: what to remove, plus the fields every step has."""
 
 
 def _per_layer(share: Share, layers: int, where: str) -> list[float]:
@@ -71,13 +71,6 @@ class Structured(Step):
     name: ClassVar[str] = "structured"
     Config = StructuredConfig
     config: StructuredConfig
-
-    def __init__(self, config: StructuredConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._details: dict[str, Any] = {}
-
-    def details(self) -> dict[str, Any]:
-        return self._details
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         if already_quantized(model.model):

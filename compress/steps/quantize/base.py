@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -51,13 +51,6 @@ class WeightQuantStep(Step):
     Config: ClassVar[type[WeightQuantConfig]] = WeightQuantConfig
     config: WeightQuantConfig
     evaluate_saved: ClassVar[bool] = True  # judged after save → reload of its compressed-tensors checkpoint
-
-    def __init__(self, config: WeightQuantConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._details: dict[str, Any] = {}
-
-    def details(self) -> dict[str, Any]:
-        return self._details
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         from compress.models.compressed_tensors import dense_sparsity_config, quantization_config

@@ -79,13 +79,6 @@ class BitsAndBytes(Step):
     config: BnbConfig
     evaluate_saved: ClassVar[bool] = True  # judged after save → reload of its bitsandbytes checkpoint
 
-    def __init__(self, config: BnbConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._details: dict[str, Any] = {}
-
-    def details(self) -> dict[str, Any]:
-        return self._details
-
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         cfg = self.config
         bnb = require_bitsandbytes(self.name)

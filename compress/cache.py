@@ -19,6 +19,7 @@ from compress.distributed import is_main_process
 from compress.io import atomic_write_bytes, atomic_write_text
 from compress.result import StageResult
 
+STEP_FILE = "step.json"
 RESULT_FILE = "result.json"
 OUTPUTS_FILE = "outputs.npy"
 
@@ -79,6 +80,23 @@ class StageStore:
         if not is_main_process():
             return
         atomic_write_text(stage_dir / RESULT_FILE, result.model_dump_json(indent=2))
+
+    @staticmethod
+    def save_step(stage_dir: Path, result: StageResult) -> None:
+        """What the step itself produced (time, memory, details), written once its model is saved: a run killed
+        while evaluating the stage resumes with the evaluation, not by redoing the step."""
+        if is_main_process():
+            atomic_write_text(stage_dir / STEP_FILE, result.model_dump_json(indent=2))
+
+    @staticmethod
+    def load_step(stage_dir: Path) -> StageResult | None:
+        path = stage_dir / STEP_FILE
+        if not (path.exists() and (stage_dir / "model").is_dir()):
+            return None
+        try:
+            return StageResult.model_validate_json(path.read_text())
+        except ValueError:
+            return None
 
     @staticmethod
     def save_outputs(stage_dir: Path, outputs: np.ndarray) -> None:

@@ -34,6 +34,7 @@ from compress.gates import check_gate
 from compress.io import atomic_directory
 from compress.models.handle import ModelHandle
 from compress.result import RunReport, StageResult
+from compress.run_lock import run_lock
 from compress.runtime.base import Runtime
 from compress.steps.base import StageContext
 from compress.tasks import get_task
@@ -170,11 +171,15 @@ class Runner:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> RunResult:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.output_dir) if is_main_process() else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> RunResult:
         recipe = self.recipe
         if recipe.evaluate.threads:
             torch.set_num_threads(recipe.evaluate.threads)
         torch.manual_seed(recipe.seed)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         key = stable_hash(
             recipe.model.model_dump(),
             data_identity(recipe.data, recipe.base_dir),
@@ -313,31 +318,37 @@ class Runner:
     ) -> tuple[StageResult, ModelHandle]:
         from compress.models.serialize import load_handle, save_handle
 
-        log.info("stage %s: applying", step.label)
-        started = time.perf_counter()
-        step.progress = self.progress
-        with self._peak_memory() as memory:
-            new_handle = step.apply(handle, self._context(key))
-        duration = time.perf_counter() - started
-        if is_main_process():
-            with atomic_directory(stage_dir / "model") as tmp:
-                save_handle(new_handle, tmp)
-        barrier()
-        if step.evaluate_saved:
-            # What is evaluated is what was written: a bug in the checkpoint format shows as a bad stage.
+        result = self.store.load_step(stage_dir) if self.resume else None
+        if result is not None:
+            log.info("stage %s: the step finished in an earlier run; evaluating its saved model", step.label)
             new_handle = load_handle(stage_dir / "model", self.device)
+        else:
+            log.info("stage %s: applying", step.label)
+            started = time.perf_counter()
+            step.progress = self.progress
+            with self._peak_memory() as memory:
+                new_handle = step.apply(handle, self._context(key))
+            duration = time.perf_counter() - started
+            if is_main_process():
+                with atomic_directory(stage_dir / "model") as tmp:
+                    save_handle(new_handle, tmp)
+            barrier()
+            if step.evaluate_saved:
+                # What is evaluated is what was written: a bug in the checkpoint format shows as a bad stage.
+                new_handle = load_handle(stage_dir / "model", self.device)
+            result = StageResult(
+                name=step.label,
+                kind="step",
+                step=step.name,
+                config=step.config.model_dump(mode="json"),
+                duration_s=duration,
+                source=source_name,
+                artifact=str(stage_dir / "model"),
+                details=step.details(),
+                **memory,
+            )
+            self.store.save_step(stage_dir, result)
         new_handle.saved_dir = stage_dir / "model"  # its size is now the bytes of these files
-        result = StageResult(
-            name=step.label,
-            kind="step",
-            step=step.name,
-            config=step.config.model_dump(mode="json"),
-            duration_s=duration,
-            source=source_name,
-            artifact=str(stage_dir / "model"),
-            details=step.details(),
-            **memory,
-        )
         result = self._evaluate(result, self._runtime(new_handle), stage_dir, source_outputs)
         self.store.save_result(stage_dir, result)
         self.store.discard_work(key)

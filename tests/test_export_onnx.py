@@ -29,6 +29,7 @@ from compress.runtime.base import as_tensor
 from compress.runtime.torch import TorchRuntime
 from compress.steps.base import StageContext
 from compress.steps.dynamic_int8 import DynamicInt8
+from compress.steps.prune.structured import StructureSpec
 
 
 def make_context(tmp_path: Path, calibration: TextData | None = None) -> StageContext:
@@ -111,6 +112,21 @@ def test_fp32_export_matches_pytorch_on_every_batch_shape(bert, sst2_dev, tmp_pa
     assert runtime.describe()["runtime"] == "onnxruntime"
     assert runtime.size_bytes() == (out_dir / "model.onnx").stat().st_size
     assert not bert.model.training  # the export left the caller's model as it found it
+
+
+def test_optimized_export_of_a_head_pruned_model_matches_pytorch(bert, sst2_dev, tmp_path):
+    """ORT's fused Attention takes one head count for the graph; a structured-pruned model has fewer (here a
+    different number per layer), so its attention must stay unfused or the heads come out wrong."""
+    from compress.steps.prune.structured import prune_structure
+
+    prune_structure(bert.model, StructureSpec(heads=[0.5, 0.25], ffn=0.5), "structured")
+    reference = TorchRuntime(bert)
+    out_dir, runtime = export(bert, tmp_path, optimize=True)
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    assert "Attention" not in {n.op_type for n in graph.graph.node}
+    assert "SkipLayerNormalization" in {n.op_type for n in graph.graph.node}  # the rest still fuses
+    for batch in batches(bert, sst2_dev.head(32), 8):
+        np.testing.assert_allclose(runtime.predict(batch), reference.predict(batch), atol=1e-4, rtol=0)
 
 
 def agreement(runtime, reference, data: TextData, handle: ModelHandle) -> tuple[float, float]:

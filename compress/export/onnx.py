@@ -234,16 +234,29 @@ def resolve_optimize(model: ModelHandle, requested: bool | None, quantize: str, 
 
 
 def optimize_transformer(model: ModelHandle, source: Path, target: Path, *, where: str) -> Path:
-    """Fuse attention, layer norm and GELU (ORT's transformer optimizer, model_type bert); return `target`."""
+    """Fuse attention, layer norm and GELU (ORT's transformer optimizer, model_type bert); return `target`.
+
+    The fused Attention op takes one head count for the whole graph, from the config. A model whose layers lost
+    heads (structured pruning) has fewer, possibly different per layer: fusing it would silently split the
+    attention into the wrong heads, so its attention stays unfused (layer norm and GELU still fuse).
+    """
     import_optional("onnxruntime", "onnx")
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
     config = model.model.config
     heads = getattr(config, "num_attention_heads", getattr(config, "n_heads", 0))
     hidden = getattr(config, "hidden_size", getattr(config, "dim", 0))
+    options = FusionOptions("bert")
+    options.enable_attention = not _heads_pruned(model.model, heads)
     try:
         optimized = optimizer.optimize_model(
-            str(source), model_type="bert", num_heads=heads, hidden_size=hidden, use_gpu=False
+            str(source),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            optimization_options=options,
+            use_gpu=False,
         )
         optimized.save_model_to_file(str(target))
     except Exception as exc:
@@ -252,6 +265,16 @@ def optimize_transformer(model: ModelHandle, source: Path, target: Path, *, wher
             fix="set `optimize: false`",
         ) from exc  # fmt: skip
     return target
+
+
+def _heads_pruned(network: object, config_heads: int) -> bool:
+    """Whether some layer has fewer query heads than the config says (a `structured`-pruned model)."""
+    from compress.architectures.blocks import BLOCKS
+    from compress.steps.prune.structured import layer_widths
+
+    if getattr(getattr(network, "config", None), "model_type", None) not in BLOCKS:
+        return False
+    return any(heads != config_heads for heads in layer_widths(network)["query_heads"])
 
 
 def save_onnx(source: Path, target: Path) -> None:

@@ -11,13 +11,11 @@ import torch
 
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
-from compress.models.placement import collect_on_host
 from compress.prune.pattern import SparsityPattern
 from compress.prune.sparsity import layer_sparsity
-from compress.quantize.targets import check_patterns, select_linears
 from compress.steps.base import StageContext, Step
 from compress.steps.prune.config import PruneConfig
-from compress.steps.quantize.base import already_quantized
+from compress.steps.quantize.base import unquantized_targets
 
 
 def check_pattern_fits(linears: dict[str, torch.nn.Linear], pattern: SparsityPattern, where: str) -> None:
@@ -48,16 +46,13 @@ class PruneStep(Step):
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         where = self.name
-        check_patterns(self.config.targets, f"{where}.targets")
-        check_patterns(self.config.ignore, f"{where}.ignore")
-        if already_quantized(model.model):
-            raise ConfigError(
-                "the model is already weight-quantized; its packed weights cannot be pruned",
-                where=where,
-                fix="prune first, then quantize (a GPTQ step after pruning keeps the zeros)",
-            )
-        collect_on_host(model.model, where)
-        linears = select_linears(model.model, self.config.targets, self.config.ignore, where)
+        linears = unquantized_targets(
+            model,
+            self.config,
+            where,
+            refusal="the model is already weight-quantized; its packed weights cannot be pruned",
+            fix="prune first, then quantize (a GPTQ step after pruning keeps the zeros)",
+        )
         pattern = self.config.sparsity_pattern
         check_pattern_fits(linears, pattern, where)
         selected = set(linears)

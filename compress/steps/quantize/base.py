@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -45,6 +45,17 @@ def already_quantized(model: torch.nn.Module) -> bool:
     return method is not None  # compressed-tensors (rtn, gptq, awq, …) or bitsandbytes
 
 
+def unquantized_targets(model: ModelHandle, config: Any, where: str, *, refusal: str, fix: str) -> dict[str, Any]:
+    """The Linears `config.targets` / `config.ignore` select, gathered into host memory, after checking the patterns
+    and that no earlier step weight-quantized the model (`refusal` / `fix` say why that matters to the caller)."""
+    check_patterns(config.targets, f"{where}.targets")
+    check_patterns(config.ignore, f"{where}.ignore")
+    if already_quantized(model.model):
+        raise ConfigError(refusal, where=where, fix=fix)
+    collect_on_host(model.model, where)
+    return select_linears(model.model, config.targets, config.ignore, where)
+
+
 class WeightQuantStep(Step):
     """Base of `rtn`, `gptq`, `awq`: quantizes the selected Linear layers of the model it is given, in place."""
 
@@ -56,16 +67,13 @@ class WeightQuantStep(Step):
         from compress.models.compressed_tensors import dense_sparsity_config, quantization_config
 
         where = self.name
-        check_patterns(self.config.targets, f"{where}.targets")
-        check_patterns(self.config.ignore, f"{where}.ignore")
-        if already_quantized(model.model):
-            raise ConfigError(
-                "the model is already weight-quantized by an earlier step",
-                where=where,
-                fix="quantize once per recipe: remove one of the quantization steps",
-            )
-        collect_on_host(model.model, where)
-        linears = select_linears(model.model, self.config.targets, self.config.ignore, where)
+        linears = unquantized_targets(
+            model,
+            self.config,
+            where,
+            refusal="the model is already weight-quantized by an earlier step",
+            fix="quantize once per recipe: remove one of the quantization steps",
+        )
         check_group_size(linears, self.config.group_size, where)
         count = len(linears)
         weights = [m.weight.detach() for m in linears.values()]

@@ -78,21 +78,26 @@ def tiny_bert(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
     return make_tiny_bert(tiny_tokenizer)
 
 
-@pytest.fixture
-def tiny_llama(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
-    """A random 2-layer, 32-wide Llama causal LM sharing the tiny tokenizer's vocabulary."""
+def make_tiny_llama(tokenizer: BertTokenizerFast, hidden: int = 32) -> ModelHandle:
+    """A random 2-layer Llama causal LM (MLP 2x wide, 4 heads over 2 KV heads) on the tiny tokenizer's vocabulary."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=tiny_tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        pad_token_id=tiny_tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    return ModelHandle(model=LlamaForCausalLM(config).eval(), tokenizer=tiny_tokenizer, task="causal-lm")
+    return ModelHandle(model=LlamaForCausalLM(config).eval(), tokenizer=tokenizer, task="causal-lm")
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
+    """A random 2-layer, 32-wide Llama causal LM sharing the tiny tokenizer's vocabulary."""
+    return make_tiny_llama(tiny_tokenizer)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,8 +16,9 @@ from torch import nn
 
 pytest.importorskip("auto_round")
 
+from conftest import make_tiny_llama
 from quant_helpers import CALIBRATION, all_plain, context, copy_of, logits, mean_error, probe_ids
-from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+from transformers import BertTokenizerFast
 
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
@@ -44,18 +45,7 @@ def one_thread():
 @pytest.fixture
 def llama32(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
     """A random 2-layer Llama, hidden 64, MLP 128, 4 heads and 2 KV heads (k/v 32 wide)."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tiny_tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    return ModelHandle(model=LlamaForCausalLM(config).eval(), tokenizer=tiny_tokenizer, task="causal-lm")
+    return make_tiny_llama(tiny_tokenizer, hidden=64)
 
 
 def step(**settings: object) -> AutoRound:

@@ -58,15 +58,20 @@ def follows_n_m(weight: torch.Tensor, n: int, m: int) -> bool:
     return bool(((weight != 0).reshape(rows, columns // m, m).sum(dim=-1) <= n).all())
 
 
-def sparsity_structure(weights: list[torch.Tensor]) -> str | None:
+def zero_share(weights: list[torch.Tensor]) -> float:
+    """Share of exactly-zero entries over all `weights`."""
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def sparsity_structure(weights: list[torch.Tensor], share: float | None = None) -> str | None:
     """ "2:4" when every given weight follows 2:4 and is pruned, "unstructured" when pruned otherwise, None when dense.
 
     The label compressed-tensors' `sparsity_config.sparsity_structure` uses (vLLM picks 2:4 kernels by it).
+    `share` is `zero_share(weights)` when the caller has it already.
     """
     if not weights:
         return None
-    zeros = sum(int((w == 0).sum()) for w in weights)
-    if zeros / sum(w.numel() for w in weights) < PRUNED_LAYER_SPARSITY:
+    if (zero_share(weights) if share is None else share) < PRUNED_LAYER_SPARSITY:
         return None
     two_four = SparsityPattern.parse("2:4", None)
     if all(follows_n_m(w, two_four.n, two_four.m) for w in weights):

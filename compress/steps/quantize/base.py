@@ -13,7 +13,7 @@ import torch
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.models.placement import collect_on_host
-from compress.prune.sparsity import sparsity_structure
+from compress.prune.sparsity import sparsity_structure, zero_share
 from compress.quantize.scheme import QuantizedWeight
 from compress.quantize.targets import check_patterns, select_linears
 from compress.steps.base import StageContext, Step
@@ -77,8 +77,8 @@ class WeightQuantStep(Step):
         check_group_size(linears, self.config.group_size, where)
         count = len(linears)
         weights = [m.weight.detach() for m in linears.values()]
-        structure = sparsity_structure(weights)  # of an earlier pruning step, recorded for vLLM's kernels
-        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        zeros = zero_share(weights)
+        structure = sparsity_structure(weights, zeros)  # of an earlier pruning step, recorded for vLLM's kernels
         del weights
         started = time.perf_counter()
         self.quantize(model, linears, ctx)

@@ -133,6 +133,11 @@ class EvalSpec(Schema):
     max_length: PositiveInt = Field(512, description="Tokenizer limit when no truncate step set one.")
     seq_len: PositiveInt = Field(2048, description="Perplexity window (causal LM); capped by the model's context.")
     stride: PositiveInt | None = Field(None, description="Perplexity stride; default: `seq_len` (no overlap).")
+    semi_structured_kernels: bool = Field(
+        False,
+        description="CUDA, 16-bit models: run each 2:4-sparse Linear through cuSPARSELt where it is measured "
+        "faster than its dense matmul at the scoring batch's shape, layer by layer (dense elsewhere).",
+    )
     decode_tokens: int = Field(
         64,
         ge=0,

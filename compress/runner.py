@@ -95,16 +95,35 @@ class Runner:
     def _runtime(self, handle: ModelHandle) -> Runtime:
         from compress.runtime.torch import TorchRuntime
 
-        return TorchRuntime(handle, self.device)
+        spec = self.recipe.evaluate
+        # 2:4 kernels are chosen at the rows of the scoring batch: its sequences at the longest they can be.
+        rows = spec.scoring_batch_size * min(handle.max_length or spec.seq_len, spec.seq_len)
+        return TorchRuntime(handle, self.device, semi_structured_tokens=rows if spec.semi_structured_kernels else None)
 
-    def _context(self, key: str) -> StageContext:
+    def _score(self, handle: ModelHandle) -> dict[str, float]:
         from compress.evaluate.evaluator import score
 
+        runtime = self._runtime(handle)
+        try:
+            return score(runtime, self.data.eval, self.recipe.evaluate)
+        finally:
+            runtime.close()
+
+    def _evaluate_model(
+        self, result: StageResult, handle: ModelHandle, stage_dir: Path, source_outputs: np.ndarray | None
+    ) -> StageResult:
+        runtime = self._runtime(handle)
+        try:
+            return self._evaluate(result, runtime, stage_dir, source_outputs)
+        finally:
+            runtime.close()
+
+    def _context(self, key: str) -> StageContext:
         return StageContext(
             train_data=lambda: self.data.train,
             eval_data=lambda: self.data.eval,
             calibration_data=self.data.calibration,
-            score=lambda handle: score(self._runtime(handle), self.data.eval, self.recipe.evaluate),
+            score=self._score,
             eval_spec=self.recipe.evaluate,
             device=self.device,
             work_dir=self.store.work_dir(key),
@@ -121,6 +140,7 @@ class Runner:
             return result
         evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
         result = result.apply_evaluation(evaluation)
+        result.details |= runtime.details()
         if source_outputs is not None:
             fidelity = self.task.fidelity(source_outputs, outputs)
             result.max_abs_diff, result.prediction_agreement = fidelity.max_abs_diff, fidelity.agreement
@@ -287,7 +307,7 @@ class Runner:
         handle = self._load_source()
         started = time.perf_counter()
         result = StageResult(name="baseline", kind="baseline", config={"model": self.recipe.model.source})
-        result = self._evaluate(result, self._runtime(handle), stage_dir, None)
+        result = self._evaluate_model(result, handle, stage_dir, None)
         result.duration_s = time.perf_counter() - started - (result.eval_duration_s or 0.0)
         result.metric_delta = 0.0
         self.store.save_result(stage_dir, result)
@@ -349,7 +369,7 @@ class Runner:
             )
             self.store.save_step(stage_dir, result)
         new_handle.saved_dir = stage_dir / "model"  # its size is now the bytes of these files
-        result = self._evaluate(result, self._runtime(new_handle), stage_dir, source_outputs)
+        result = self._evaluate_model(result, new_handle, stage_dir, source_outputs)
         self.store.save_result(stage_dir, result)
         self.store.discard_work(key)
         return result, new_handle

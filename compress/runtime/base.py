@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,10 @@ class Runtime(ABC):
     def generation_speed(self, prompt_ids: np.ndarray, new_tokens: int) -> dict[str, float] | None:
         """Prefill/decode speed for a (1, P) prompt, for runtimes that generate with a KV cache; else None."""
         return None
+
+    def details(self) -> dict[str, Any]:
+        """What this runtime chose while opening the stage (kernels, providers), kept in the stage's details."""
+        return {}
 
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Free the session or model."""

@@ -7,6 +7,7 @@ the task's reduction runs there, so e.g. a causal LM's per-token NLL never bring
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,13 +17,23 @@ from compress.models.placement import spread_over_devices
 from compress.models.serialize import state_tensors
 from compress.models.size import count_parameters, saved_weight_bytes
 from compress.runtime.base import Runtime, RuntimeOutput
+from compress.runtime.semi_structured import (
+    LayerChoice,
+    accelerate_semi_structured,
+    cusparselt_available,
+    restore_dense,
+)
 from compress.tasks import get_task
 
 
 class TorchRuntime(Runtime):
     name = "pytorch"
 
-    def __init__(self, handle: ModelHandle, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, handle: ModelHandle, device: torch.device | str = "cpu", *, semi_structured_tokens: int | None = None
+    ) -> None:
+        """`semi_structured_tokens`: on CUDA, run 2:4 Linears through cuSPARSELt where measured faster than dense at
+        this many input rows (`compress.runtime.semi_structured`); `close` puts the dense path back."""
         super().__init__(handle.tokenizer, handle.task, handle.max_length)
         self.handle = handle
         quantized = any(t["name"] == "dynamic_int8" for t in handle.transforms)
@@ -32,6 +43,9 @@ class TorchRuntime(Runtime):
         self.model = (handle.model if spread_over_devices(handle.model) else handle.model.to(self.torch_device)).eval()
         self._input_names = set(self._forward_inputs())
         self._forward = get_task(handle.task).torch_forward(self.model)
+        self.semi_structured: list[LayerChoice] = []
+        if semi_structured_tokens and self.torch_device.type == "cuda" and cusparselt_available():
+            self.semi_structured = accelerate_semi_structured(self.model, semi_structured_tokens)
 
     def _forward_inputs(self) -> list[str]:
         import inspect
@@ -77,6 +91,10 @@ class TorchRuntime(Runtime):
 
         return measure_sparsity(self.model)
 
+    def close(self) -> None:
+        if self.semi_structured:
+            restore_dense(self.model)
+
     def describe(self) -> dict[str, str]:
         dtype = (
             "int8-dynamic"
@@ -84,3 +102,14 @@ class TorchRuntime(Runtime):
             else str(next(self.model.parameters()).dtype).replace("torch.", "")
         )
         return {"runtime": self.name, "device": self.device, "precision": dtype}
+
+    def details(self) -> dict[str, Any]:
+        if not self.semi_structured:
+            return {}
+        return {
+            "semi_structured_kernels": {
+                "sparse_layers": sum(choice.sparse for choice in self.semi_structured),
+                "candidate_layers": len(self.semi_structured),
+                "layers": [choice.as_dict() for choice in self.semi_structured],
+            }
+        }

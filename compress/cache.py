@@ -16,7 +16,7 @@ import numpy as np
 
 from compress.config import DataSpec
 from compress.distributed import is_main_process
-from compress.io import atomic_write_bytes, atomic_write_text
+from compress.io import atomic_write_bytes, atomic_write_text, user_path
 from compress.result import StageResult
 
 STEP_FILE = "step.json"
@@ -34,7 +34,7 @@ def data_identity(spec: DataSpec, base_dir: Path) -> str:
     paths = spec.path.values() if isinstance(spec.path, dict) else [spec.path]
     digest = hashlib.sha256(spec.model_dump_json().encode())
     for raw in sorted(paths):
-        path = (base_dir / raw) if not Path(raw).is_absolute() else Path(raw)
+        path = user_path(raw, "data.path", base_dir)  # as the readers resolve it: `~` included
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             if file.is_file():

@@ -17,10 +17,12 @@ from compress.errors import ECHO_LIMIT, ConfigError, clip, shown
 # decides lives in its adapter under `compress/tasks/`.
 Task = str
 Device = Literal["auto", "cpu", "cuda"]
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit
 
 
 class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting here means anything as infinity or NaN: `.inf` epochs or `.nan` drops are refused where written.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(Schema):
@@ -103,7 +105,7 @@ class DataSpec(Schema):
     )
     limit: PositiveInt | None = Field(None, description="Use at most this many evaluation rows.")
     train_limit: PositiveInt | None = Field(None, description="Use at most this many training rows.")
-    seed: int = Field(0, description="Seed for sampling `train_limit` rows.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for sampling `train_limit` rows.")
 
     def __init__(self, path: str | dict[str, str] | None = None, /, **data: object) -> None:
         if path is not None:
@@ -128,7 +130,7 @@ class EvalSpec(Schema):
     latency_samples: PositiveInt | None = Field(
         None, description="Time at most this many samples per batch size (default: the whole split)."
     )
-    threads: PositiveInt | None = Field(None, description="CPU threads for every runtime; default: all cores.")
+    threads: PositiveInt | None = Field(None, le=4096, description="CPU threads for every runtime; default: all cores.")
     device: Device = Field("auto", description="Where PyTorch stages run: auto picks CUDA when present.")
     max_length: PositiveInt = Field(512, description="Tokenizer limit when no truncate step set one.")
     seq_len: PositiveInt = Field(2048, description="Perplexity window (causal LM); capped by the model's context.")

@@ -44,3 +44,34 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows filesystems
+
+
+def user_path(text: str | Path, where: str, base_dir: Path | None = None) -> Path:
+    """A path as a user wrote it in a recipe: `~` and `~user` expanded, relative paths under `base_dir`.
+
+    Paths no filesystem can hold (a NUL byte, a component over 255 bytes) and `~user` homes this machine does not
+    know raise a ConfigError naming `where` instead of the OSError or RuntimeError the first file access would.
+    """
+    from compress.errors import ConfigError, clip
+
+    raw = str(text)
+    if "\0" in raw:
+        raise ConfigError(f"path {clip(raw)!r} holds a NUL byte", where=where, fix="remove it from the path")
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # `~name` for a user this machine does not have
+        raise ConfigError(
+            f"path {clip(raw)!r} starts with a home directory this machine does not know",
+            where=where,
+            fix="write the full path, or ~/… for your own home",
+        ) from None
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in path.parts):
+        raise ConfigError(
+            f"path {clip(raw)!r} has a folder or file name longer than {NAME_MAX} bytes, which no filesystem holds",
+            where=where,
+            fix="shorten the name",
+        )
+    return path if path.is_absolute() or base_dir is None else base_dir / path

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, ValidationError
 
-from compress.config import DataSpec, EvalSpec, GateSpec, ModelSpec, Schema, format_validation_error
+from compress.config import SEED_MAX, DataSpec, EvalSpec, GateSpec, ModelSpec, Schema, format_validation_error
 from compress.errors import ECHO_LIMIT, ConfigError, clip, shown
 from compress.export.base import Exporter
 from compress.registry import EXPORTERS, STEPS
@@ -36,7 +36,9 @@ class RecipeFile(Schema):
         default_factory=list, description="Exports of the final model: `- name: {config}` or a bare `- name`."
     )
     gates: GateSpec = Field(default_factory=GateSpec, description="Recipe-wide quality limit.")
-    seed: int = Field(0, description="Seed for every random choice (sampling, training, calibration).")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="Seed for every random choice (sampling, training, calibration)."
+    )
 
 
 class Recipe:

@@ -91,3 +91,42 @@ def test_the_cli_prints_no_traceback(tmp_path: Path) -> None:
 def test_trust_remote_code_takes_only_a_real_boolean(tmp_path: Path, value: str) -> None:
     text = GOOD.replace("model: {source: some/model}", f"model: {{source: some/model, trust_remote_code: {value}}}")
     assert "model.trust_remote_code" in str(rejected(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("seed: -1", "seed"),
+        ("seed: 100000000000000000000000000000", "seed"),
+        ("evaluate: {threads: 100000000000000000000000000000}", "evaluate.threads"),
+        ("gates: {max_accuracy_drop: .nan}", "gates.max_accuracy_drop"),
+    ],
+)
+def test_values_the_schema_took_but_no_run_could_use(tmp_path: Path, line: str, field: str) -> None:
+    assert field in str(rejected(tmp_path, line + "\n" + GOOD))
+
+
+def test_infinite_training_is_refused(tmp_path: Path) -> None:
+    error = rejected(tmp_path, GOOD.replace("steps: [dynamic_int8]", "steps: [{finetune: {epochs: .inf}}]"))
+    assert "steps[0].finetune.epochs" in str(error) and "finite" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("~nosuchuser_compress/x.tsv", "home directory"), ("a" * 300 + ".tsv", "longer than 255 bytes")],
+)
+def test_paths_no_machine_can_open_name_the_field(path: str, expected: str, tmp_path: Path) -> None:
+    from compress.io import user_path
+
+    with pytest.raises(ConfigError, match=expected) as error:
+        user_path(path, "data.path", tmp_path)
+    assert error.value.where == "data.path" and len(str(error.value)) < 400
+
+
+def test_a_pypi_source_without_a_package(tmp_path: Path) -> None:
+    from compress.errors import ModelError
+    from compress.models.source import resolve_source
+
+    with pytest.raises(ModelError, match="names no package") as error:
+        resolve_source("pypi:")
+    assert error.value.where == "model.source"

@@ -22,6 +22,7 @@ import datasets
 from compress.config import DataSpec
 from compress.data.delimited import read_delimited, unreadable
 from compress.errors import DataError
+from compress.io import user_path
 
 READERS = {
     ".csv": "csv",
@@ -50,11 +51,11 @@ def read_split(spec: DataSpec, split: str, needed: list[str], base_dir: Path | N
                 where=f"{where}.path",
                 fix=f"add '{split}: <file>' under {where}.path, or use one of those splits",
             )
-        path = _resolve(spec.path[split], base_dir)
+        path = user_path(spec.path[split], f"{where}.path.{split}", base_dir)
         if not path.exists():
             raise _not_found(path, f"{where}.path.{split}")
         return _read_local(path, spec, split, needed, f"{where}.path.{split}", where)
-    path = _resolve(spec.path, base_dir)
+    path = user_path(spec.path, f"{where}.path", base_dir)
     if path.exists():
         return _read_local(path, spec, split, needed, f"{where}.path", where)
     if path.suffix.lower() in READERS or spec.path.startswith((".", "/", "~")) or spec.path.count("/") > 1:
@@ -142,13 +143,6 @@ def _read_hub(spec: DataSpec, split: str, local: Path, where: str) -> RawSplit:
             fix=f"set {where}.split to a single split name",
         )
     return RawSplit(dataset, name)
-
-
-def _resolve(path: str, base_dir: Path | None) -> Path:
-    resolved = Path(path).expanduser()
-    if not resolved.is_absolute() and base_dir is not None:
-        resolved = base_dir / resolved
-    return resolved
 
 
 def _not_found(path: Path, field: str) -> DataError:

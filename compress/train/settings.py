@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from compress.config import Schema
+from compress.config import SEED_MAX, Schema
 
 
 class TrainSettings(Schema):
     """Optimizer, schedule, batching, precision, checkpointing. Steps that train inherit these fields."""
 
-    epochs: PositiveFloat = Field(3.0, description="Passes over the training data (a fraction is allowed).")
+    epochs: PositiveFloat = Field(3.0, le=100_000, description="Passes over the training data (a fraction is allowed).")
     max_steps: PositiveInt | None = Field(
         None, description="Train for exactly this many optimizer steps instead (overrides `epochs`)."
     )
@@ -32,7 +32,9 @@ class TrainSettings(Schema):
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; None: no clip.")
-    seed: int | None = Field(None, description="Seed for initialisation, shuffling and dropout; default: the run's.")
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="Seed for initialisation, shuffling and dropout; default: the run's."
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no",
         description="Autocast precision: bf16 on CUDA or recent CPUs; fp16 needs CUDA (falls back to no).",

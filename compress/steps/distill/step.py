@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -14,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from compress.config import ModelSpec
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
+from compress.io import user_path
 from compress.models.handle import ModelHandle
 from compress.models.load import load_model
 from compress.steps.base import StageContext, Step
@@ -151,7 +151,7 @@ class Distill(Step):
             )
         extra: list[str] = []
         if self.config.unlabeled is not None:
-            path = ctx.base_dir / Path(self.config.unlabeled).expanduser()  # an absolute path stays as it is
+            path = user_path(self.config.unlabeled, f"{self.name}.unlabeled", ctx.base_dir)
             extra += read_unlabeled(path, self.config.unlabeled_column, self.config.unlabeled_limit)
         if self.config.augment is not None:
             extra += augmented_copies(data.texts, tokenizer, teacher, self.config.augment, seed)

@@ -203,3 +203,23 @@ def test_real_minilm_openvino_matches_pytorch_and_converts_to_core_ml(tmp_path) 
     CoreMLExporter(max_length=128).export(handle, ctx, tmp_path / "coreml")
     meta = read_metadata(tmp_path / "coreml")
     assert meta["validation"]["logits_dims"] == [None, 2] and meta["max_sequence_length"] == 128
+
+
+def test_sparse_weight_decompression_reaches_the_cpu_plugin(tiny_bert, sst2_dev, tmp_path) -> None:
+    """The setting travels through the artifact's metadata into `compile_model`; on CPUs without AMX the plugin
+    accepts it and changes nothing, so the logits equal the plain INT8 IR's."""
+    from quant_helpers import context as step_context
+
+    from compress.steps.prune.magnitude import Magnitude
+
+    pruned = Magnitude(sparsity=0.6, targets=["re:.*encoder.*"]).apply(tiny_bert, step_context(sst2_dev, tmp_path))
+    ctx = context(sst2_dev, tmp_path)
+    _, plain = export(pruned, ctx, tmp_path / "plain", quantize="int8", calibration_samples=16)
+    _, sparse = export(
+        pruned, ctx, tmp_path / "sparse", quantize="int8", calibration_samples=16, sparse_weights_decompression_rate=0.5
+    )
+    assert read_metadata(tmp_path / "sparse")["sparse_weights_decompression_rate"] == 0.5
+    assert float(sparse.compiled.get_property("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE")) == 0.5
+    assert "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE=0.5" in (tmp_path / "sparse" / "deploy.md").read_text()
+    (batch,) = batches(pruned, sst2_dev, (16,))
+    np.testing.assert_allclose(sparse.predict(batch), plain.predict(batch), atol=1e-5)

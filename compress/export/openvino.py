@@ -70,6 +70,14 @@ class OpenVinoConfig(ExportConfig):
         description="`f32`: float layers compute in FP32 (matches PyTorch); `auto`: OpenVINO's choice "
         "(bf16 on CPUs with AMX/AVX512-BF16).",
     )
+    sparse_weights_decompression_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="CPU plugin: INT8 MatMul weights at least this sparse (a share of zeros, e.g. 0.5 after "
+        "pruning) are stored compressed and decompressed on the fly. OpenVINO applies it only on CPUs with AMX "
+        "(4th-gen Xeon and later); elsewhere it changes nothing. None: the plugin's default (off).",
+    )
 
     @model_validator(mode="after")
     def _one_compression(self) -> OpenVinoConfig:
@@ -123,6 +131,7 @@ class OpenVinoExporter(Exporter):
             model, out_dir, format="openvino", model_file=MODEL_FILE, input_names=input_names,
             precision=precision, performance_hint=cfg.performance_hint,
             inference_precision=cfg.inference_precision,
+            sparse_weights_decompression_rate=cfg.sparse_weights_decompression_rate,
         )  # fmt: skip
         write_deploy_notes(out_dir, f"OpenVINO IR ({precision})", openvino_sample(model), self._notes())
 
@@ -142,6 +151,11 @@ class OpenVinoExporter(Exporter):
             + (
                 " and INFERENCE_PRECISION_HINT=f32, DYNAMIC_QUANTIZATION_GROUP_SIZE=0"
                 if cfg.inference_precision == "f32"
+                else ""
+            )
+            + (
+                f", CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE={cfg.sparse_weights_decompression_rate:g}"
+                if cfg.sparse_weights_decompression_rate is not None
                 else ""
             )
             + "; pass the same config to `compile_model` to reproduce its numbers.",
@@ -183,6 +197,7 @@ def load_openvino_runtime(artifact_dir: Path, ctx: StageContext) -> Runtime:
         performance_hint=meta.get("performance_hint", "latency"),
         inference_precision=meta.get("inference_precision", "f32"),
         precision=meta.get("precision", "float32"),
+        sparse_weights_decompression_rate=meta.get("sparse_weights_decompression_rate"),
     )
 
 

@@ -32,6 +32,7 @@ class OpenVinoRuntime(Runtime):
         performance_hint: PerformanceHint = "latency",
         inference_precision: InferencePrecision = "f32",
         precision: str = "float32",
+        sparse_weights_decompression_rate: float | None = None,
     ) -> None:
         super().__init__(tokenizer, task, max_length)
         ov = import_optional("openvino", "openvino")
@@ -47,6 +48,8 @@ class OpenVinoRuntime(Runtime):
             config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
+        if sparse_weights_decompression_rate is not None:  # pruned INT8 weights stored sparse (AMX CPUs only)
+            config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = sparse_weights_decompression_rate
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
         self.request = self.compiled.create_infer_request()

@@ -25,6 +25,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from compress.errors import ConfigError
 from compress.prune.masks import SparsityKeeper
+from compress.prune.schedule import GradualMagnitude, ramp_steps
+from compress.quantize.targets import check_patterns, select_linears
 from compress.train.batches import LengthGroupedBatches, Row, pad_collate
 from compress.train.checkpoint import (
     TrainerState,
@@ -93,6 +95,7 @@ def train(
         log.info("%s: keeping the zeros of %d pruned layer(s) while training", description, len(sparsity))
     steps_per_epoch = math.ceil(len(loader) / settings.gradient_accumulation_steps)
     total = settings.max_steps or math.ceil(settings.epochs * steps_per_epoch)
+    gradual = _gradual_pruning(accelerator.unwrap_model(module), settings, total, description)
     # A prepared scheduler advances once per process at each step, so it is sized in those units.
     scale = accelerator.num_processes
     scheduler = accelerator.prepare(
@@ -107,6 +110,8 @@ def train(
     resumed_from = state.step
     if found:
         log.info("%s: resuming from %s (step %d of %d)", description, found, state.step, total)
+        if gradual is not None:
+            gradual.catch_up(state.step)
 
     def checkpoint() -> None:
         save_checkpoint(accelerator, checkpoints, state, settings.keep_checkpoints)
@@ -147,6 +152,8 @@ def train(
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            if gradual is not None:
+                gradual.step(state.step)
             state.losses.append(sum(micro_losses) / len(micro_losses))
             micro_losses.clear()
             bar.update(1)
@@ -167,6 +174,25 @@ def train(
     trained = accelerator.unwrap_model(module)
     trained.eval()
     return TrainResult(trained, state.step, resumed_from, list(state.losses), list(state.evaluations))
+
+
+def _gradual_pruning(
+    module: torch.nn.Module, settings: TrainSettings, total: int, description: str
+) -> GradualMagnitude | None:
+    spec = settings.gradual_pruning
+    if spec is None:
+        return None
+    where = f"{description}.gradual_pruning"
+    check_patterns(spec.targets, f"{where}.targets")
+    check_patterns(spec.ignore, f"{where}.ignore")
+    start, end = ramp_steps(total, spec.start, spec.end)
+    every = spec.every or max((end - start) // 20, 1)
+    linears = select_linears(module, spec.targets, spec.ignore, where)
+    log.info(
+        "%s: pruning %d Linear(s) by magnitude to %.0f %% over steps %d–%d (every %d)",
+        description, len(linears), 100 * spec.sparsity, start, end, every,
+    )  # fmt: skip
+    return GradualMagnitude(linears, spec.sparsity, start, end, every, spec.scope)
 
 
 def _evaluate(accelerator: Accelerator, module: torch.nn.Module, evaluate: Evaluate, state: TrainerState) -> None:

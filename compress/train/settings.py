@@ -4,9 +4,39 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from compress.config import SEED_MAX, Schema
+
+
+class GradualPruning(Schema):
+    """Prune by magnitude while training, along Zhu & Gupta's cubic schedule (`compress.prune.schedule`)."""
+
+    sparsity: float = Field(gt=0, lt=1, description="Share of the selected weights zeroed by the end of the ramp.")
+    start: float = Field(0.0, ge=0, lt=1, description="Share of the training steps before pruning begins.")
+    end: float = Field(
+        0.75, gt=0, le=1, description="Share of the training steps where the target is reached; the rest recovers."
+    )
+    every: PositiveInt | None = Field(
+        None, description="Optimizer steps between mask updates; default: a twentieth of the ramp."
+    )
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="Reach the sparsity in every layer, or over all selected layers together."
+    )
+    targets: list[str] = Field(
+        default_factory=lambda: ["Linear"],
+        description="Modules to prune: a class name, a module name, or `re:<regex>` over module names.",
+    )
+    ignore: list[str] = Field(
+        default_factory=lambda: ["lm_head", "classifier", "score"],
+        description="Modules left dense (same syntax as `targets`); the task heads by default.",
+    )
+
+    @model_validator(mode="after")
+    def _ramp(self) -> GradualPruning:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must come after start ({self.start})")
+        return self
 
 
 class TrainSettings(Schema):
@@ -50,6 +80,11 @@ class TrainSettings(Schema):
         description="Score the model on the eval split every this many steps and log it (slows training).",
     )
     progress: bool = Field(True, description="Show a progress bar.")
+    gradual_pruning: GradualPruning | None = Field(
+        None,
+        description="Prune by magnitude during this training, sparsity rising on a cubic schedule (recovery as "
+        "it goes); None: keep the model's zeros as they are.",
+    )
 
     def training_key(self) -> dict[str, object]:
         """The settings that change the trained weights (a checkpoint made under others is not resumed)."""

@@ -22,6 +22,7 @@ _EXPORTS = {
     "CompressError": "compress.errors",
     "RunResult": "compress.runner",
     "read_report": "compress.report.json",
+    "open": "compress.artifacts",
     "steps": "compress.steps",
     "exporters": "compress.export",
 }
@@ -35,6 +36,7 @@ __all__ = [
     "Recipe",
     "RunResult",
     "exporters",
+    "open",
     "read_report",
     "steps",
 ]
@@ -42,6 +44,7 @@ __all__ = [
 if TYPE_CHECKING:
     from compress import export as exporters
     from compress import steps
+    from compress.artifacts import open_artifact as open
     from compress.config import DataSpec, EvalSpec, GateSpec, ModelSpec
     from compress.errors import CompressError
     from compress.recipe import Recipe
@@ -54,4 +57,6 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     module = importlib.import_module(_EXPORTS[name])
-    return module if name in ("steps", "exporters") else getattr(module, name)
+    if name in ("steps", "exporters"):
+        return module
+    return module.open_artifact if name == "open" else getattr(module, name)

@@ -21,6 +21,7 @@ LIBRARIES = (
     "llmcompressor",
     "auto-round",
     "bitsandbytes",
+    "tensorrt",
 )
 
 
@@ -32,7 +33,33 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    if platform.system() == "Darwin":  # Apple Silicon reports only "arm" through platform
+        import subprocess
+
+        try:
+            brand = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            brand = ""
+        if brand:
+            return brand
     return platform.processor() or platform.machine()
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version through NVML (nvidia-ml-py), where both exist."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library, no driver, no GPU: nothing to record
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def cpu_flags() -> list[str]:
@@ -60,6 +87,9 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+    if info["cuda"]:
+        info["gpu_driver"] = gpu_driver()
+        info["cuda_runtime"] = torch.version.cuda
     for lib in LIBRARIES:
         try:
             info[lib] = metadata.version(lib)

@@ -1,8 +1,8 @@
 """Name → class registries for steps, exporters, metrics and tasks, with entry-point discovery.
 
-Third-party packages register through the `compress.steps`, `compress.exporters`, `compress.metrics` and
-`compress.tasks` entry-point groups; the built-ins register the same way (see pyproject.toml), so there is one
-path for both.
+Third-party packages register through the `compress.steps`, `compress.exporters`, `compress.metrics`,
+`compress.tasks` and `compress.runtimes` entry-point groups; the built-ins register the same way (see
+pyproject.toml), so there is one path for both.
 """
 
 from __future__ import annotations
@@ -93,3 +93,5 @@ STEPS: Registry = Registry("step", "compress.steps")
 EXPORTERS: Registry = Registry("exporter", "compress.exporters")
 METRICS: Registry = Registry("metric", "compress.metrics")
 TASKS: Registry = Registry("task", "compress.tasks")
+# artifact format (as `compress-export.json` records it; `pytorch` for a saved stage) → opener(path, RuntimeOptions)
+RUNTIMES: Registry = Registry("runtime format", "compress.runtimes")

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from compress.config import Schema
 from compress.models.handle import ModelHandle
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, RuntimeOptions
 from compress.steps.base import StageContext
 
 METADATA_FILE = "compress-export.json"
@@ -64,6 +64,11 @@ def write_metadata(model: ModelHandle, out_dir: Path, **extra: Any) -> None:
     model.tokenizer.save_pretrained(out_dir)
     meta = {"task": model.task, "max_length": model.max_length, "label_names": model.label_names, **extra}
     (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def options_for(ctx: StageContext) -> RuntimeOptions:
+    """A recipe's evaluation settings as the options an artifact opens with."""
+    return RuntimeOptions(threads=ctx.eval_spec.threads, device=ctx.device.type)
 
 
 def read_metadata(artifact_dir: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
-from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
+from compress.export.base import ExportConfig, Exporter, options_for, read_metadata, write_metadata
 from compress.export.coreml_convert import (
     ComputeUnits,
     DeploymentTarget,
@@ -25,7 +25,7 @@ from compress.export.deploy import sample_io, write_deploy_notes
 from compress.export.tracing import inference_max_length
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, RuntimeOptions
 from compress.steps.base import StageContext
 from compress.tasks import get_task
 
@@ -119,15 +119,20 @@ class CoreMLExporter(Exporter):
         return notes
 
     def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:
-        from transformers import AutoTokenizer
+        return open_coreml(artifact_dir, options_for(ctx))
 
-        from compress.runtime.coreml import CoreMLRuntime
 
-        meta = read_metadata(artifact_dir)
-        return CoreMLRuntime(
-            artifact_dir / meta["model_file"], AutoTokenizer.from_pretrained(artifact_dir), meta["task"],
-            meta["max_length"], compute_units=meta["compute_units"], precision=meta["precision"],
-        )  # fmt: skip
+def open_coreml(artifact_dir: Path, options: RuntimeOptions, compute_units: str | None = None) -> Runtime:
+    """The package with the compute units it was exported for, or `compute_units` (all, cpu_only, cpu_and_ne…)."""
+    from transformers import AutoTokenizer
+
+    from compress.runtime.coreml import CoreMLRuntime
+
+    meta = read_metadata(artifact_dir)
+    return CoreMLRuntime(
+        artifact_dir / meta["model_file"], AutoTokenizer.from_pretrained(artifact_dir), meta["task"],
+        meta["max_length"], compute_units=compute_units or meta["compute_units"], precision=meta["precision"],
+    )  # fmt: skip
 
 
 def logits_width(model: ModelHandle) -> int:

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from compress.errors import ConfigError, ExportError
-from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
+from compress.export.base import ExportConfig, Exporter, options_for, read_metadata, write_metadata
 from compress.export.deploy import sample_io, write_deploy_notes
 from compress.export.onnx_quantize import (
     CalibrationMethod,
@@ -34,7 +34,7 @@ from compress.export.tracing import (
 )
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, RuntimeOptions
 from compress.steps.base import StageContext
 from compress.tasks import get_task
 
@@ -139,10 +139,10 @@ class OnnxExporter(Exporter):
         return notes
 
     def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:
-        return load_onnx_runtime(artifact_dir, ctx)
+        return open_onnx(artifact_dir, options_for(ctx))
 
 
-def load_onnx_runtime(artifact_dir: Path, ctx: StageContext, model_file: str | None = None) -> Runtime:
+def open_onnx(artifact_dir: Path, options: RuntimeOptions, model_file: str | None = None) -> Runtime:
     from transformers import AutoTokenizer
 
     from compress.runtime.onnxruntime import OnnxRuntime
@@ -153,8 +153,8 @@ def load_onnx_runtime(artifact_dir: Path, ctx: StageContext, model_file: str | N
         AutoTokenizer.from_pretrained(artifact_dir),
         meta["task"],
         meta["max_length"],
-        threads=ctx.eval_spec.threads,
-        device=ctx.device.type,
+        threads=options.threads,
+        device=options.device,
         precision=meta.get("precision", "float32"),
     )
 

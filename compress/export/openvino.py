@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from compress.errors import CompressError, ExportError
-from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
+from compress.export.base import ExportConfig, Exporter, options_for, read_metadata, write_metadata
 from compress.export.deploy import sample_io, write_deploy_notes
 from compress.export.onnx_quantize import calibration_feeds
 from compress.export.openvino_convert import (
@@ -24,7 +24,7 @@ from compress.export.openvino_convert import (
 from compress.export.tracing import inference_max_length
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, RuntimeOptions
 from compress.runtime.openvino import InferencePrecision, PerformanceHint
 from compress.steps.base import StageContext
 
@@ -179,10 +179,10 @@ class OpenVinoExporter(Exporter):
         return notes
 
     def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:
-        return load_openvino_runtime(artifact_dir, ctx)
+        return open_openvino(artifact_dir, options_for(ctx))
 
 
-def load_openvino_runtime(artifact_dir: Path, ctx: StageContext) -> Runtime:
+def open_openvino(artifact_dir: Path, options: RuntimeOptions) -> Runtime:
     from transformers import AutoTokenizer
 
     from compress.runtime.openvino import OpenVinoRuntime
@@ -193,7 +193,7 @@ def load_openvino_runtime(artifact_dir: Path, ctx: StageContext) -> Runtime:
         AutoTokenizer.from_pretrained(artifact_dir),
         meta["task"],
         meta["max_length"],
-        threads=ctx.eval_spec.threads,
+        threads=options.threads,
         performance_hint=meta.get("performance_hint", "latency"),
         inference_precision=meta.get("inference_precision", "f32"),
         precision=meta.get("precision", "float32"),

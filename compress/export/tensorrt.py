@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from compress.errors import ConfigError, ExportError, NotEvaluable
-from compress.export.base import ExportConfig, Exporter, read_metadata, write_metadata
+from compress.export.base import ExportConfig, Exporter, options_for, read_metadata, write_metadata
 from compress.export.deploy import write_deploy_notes
 from compress.export.onnx import MODEL_FILE, check_onnx, save_onnx, torch_to_onnx
 from compress.export.onnx_quantize import CalibrationMethod, calibration_feeds, quantize_onnx_static
@@ -23,7 +23,7 @@ from compress.export.tracing import inference_max_length
 from compress.io import atomic_write_bytes
 from compress.models.handle import ModelHandle
 from compress.optional import import_optional
-from compress.runtime.base import Runtime
+from compress.runtime.base import Runtime, RuntimeOptions
 from compress.runtime.tensorrt import tensorrt_unavailable_reason
 from compress.steps.base import StageContext
 
@@ -173,28 +173,33 @@ class TensorRTExporter(Exporter):
         return notes
 
     def load_runtime(self, artifact_dir: Path, ctx: StageContext) -> Runtime:
-        from transformers import AutoTokenizer
+        return open_tensorrt(artifact_dir, options_for(ctx))
 
-        from compress.runtime.tensorrt import TensorRTRuntime
 
-        meta = read_metadata(artifact_dir)
-        command = meta["build_command"]
-        if meta.get("engine_file") is None:
-            raise NotEvaluable(
-                f"TensorRT engine not built: {meta['engine_reason']}; build it with: {command} "
-                f"(in {artifact_dir}; see deploy.md)"
-            )
-        reason = tensorrt_unavailable_reason()
-        if reason is not None:
-            raise NotEvaluable(f"the TensorRT engine cannot run here: {reason}; rebuild it where it will run "
-                               f"with: {command}")  # fmt: skip
-        return TensorRTRuntime(
-            artifact_dir / meta["engine_file"],
-            AutoTokenizer.from_pretrained(artifact_dir),
-            meta["task"],
-            meta["max_length"],
-            precision=meta["precision"],
+def open_tensorrt(artifact_dir: Path, options: RuntimeOptions) -> Runtime:
+    """The built engine (NotEvaluable, with the build command, where none was built or TensorRT is absent)."""
+    from transformers import AutoTokenizer
+
+    from compress.runtime.tensorrt import TensorRTRuntime
+
+    meta = read_metadata(artifact_dir)
+    command = meta["build_command"]
+    if meta.get("engine_file") is None:
+        raise NotEvaluable(
+            f"TensorRT engine not built: {meta['engine_reason']}; build it with: {command} "
+            f"(in {artifact_dir}; see deploy.md)"
         )
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise NotEvaluable(f"the TensorRT engine cannot run here: {reason}; rebuild it where it will run "
+                           f"with: {command}")  # fmt: skip
+    return TensorRTRuntime(
+        artifact_dir / meta["engine_file"],
+        AutoTokenizer.from_pretrained(artifact_dir),
+        meta["task"],
+        meta["max_length"],
+        precision=meta["precision"],
+    )
 
 
 def trtexec_command(input_names: list[str], shapes: Shapes, precision: str, workspace_gb: float) -> str:

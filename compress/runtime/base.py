@@ -48,6 +48,16 @@ def as_tensor(outputs: RuntimeOutput) -> torch.Tensor:
     return torch.as_tensor(outputs)
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to open an artifact on this machine: CPU threads (None: the runtime's default), the device, and the
+    task for a plain transformers folder that does not record one (None: from its architecture)."""
+
+    threads: int | None = None
+    device: str = "cpu"
+    task: str | None = None
+
+
 class Runtime(ABC):
     """Runs tokenized batches and returns the model's outputs, which the task adapter reduces.
 

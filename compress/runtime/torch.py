@@ -7,6 +7,7 @@ the task's reduction runs there, so e.g. a causal LM's per-token NLL never bring
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from compress.models.handle import ModelHandle
 from compress.models.placement import spread_over_devices
 from compress.models.serialize import state_tensors
 from compress.models.size import count_parameters, saved_weight_bytes
-from compress.runtime.base import Runtime, RuntimeOutput
+from compress.runtime.base import Runtime, RuntimeOptions, RuntimeOutput
 from compress.runtime.semi_structured import (
     LayerChoice,
     accelerate_semi_structured,
@@ -113,3 +114,43 @@ class TorchRuntime(Runtime):
                 "layers": [choice.as_dict() for choice in self.semi_structured],
             }
         }
+
+
+def open_saved_model(directory: Path, options: RuntimeOptions) -> TorchRuntime:
+    """A stage folder compress saved (`compress-model.json` beside the weights), with its transforms replayed."""
+    from compress.models.serialize import load_handle
+
+    handle = load_handle(directory, options.device)
+    handle.saved_dir = directory
+    return TorchRuntime(handle, options.device)
+
+
+def open_pretrained_folder(directory: Path, options: RuntimeOptions) -> TorchRuntime:
+    """A plain transformers folder (config.json + weights); the task from `options.task` or the architecture."""
+    from transformers import AutoConfig
+
+    from compress.config import ModelSpec
+    from compress.models.load import load_model
+
+    task = options.task or task_of_architecture(AutoConfig.from_pretrained(directory), directory)
+    return TorchRuntime(load_model(ModelSpec(str(directory), task=task)), options.device)
+
+
+def task_of_architecture(config: Any, directory: Path) -> str:
+    """The registered task whose auto class maps this config to the architecture the folder was saved as."""
+    from compress.errors import ModelError
+    from compress.tasks import task_names
+
+    saved = (getattr(config, "architectures", None) or [None])[0]
+    for name in task_names():
+        mapping = getattr(get_task(name).auto_class, "_model_mapping", {})
+        try:
+            if mapping[type(config)].__name__ == saved:
+                return name
+        except KeyError:
+            continue
+    raise ModelError(
+        f"cannot tell the task of {directory} (architecture {saved or 'not recorded'})",
+        where="--task",
+        fix=f"pass --task, one of: {', '.join(task_names())}",
+    )

@@ -1,0 +1,85 @@
+"""Bench charts as inline SVG: throughput against P99 latency, one line per machine × artifact × runtime × length
+(points in batch-size order, labelled), the SLA limit as a vertical line and each line's SLA batch as a star."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from compress.bench.measure import Point
+from compress.bench.run import BenchResults
+from compress.report.plots import COLORS, plain, to_svg
+
+
+def series_key(machine: str, point: Point) -> str:
+    return f"{machine}: {point.artifact} [{point.runtime}/{point.device}, length {point.length}]"
+
+
+def throughput_vs_p99(runs: Iterable[BenchResults]) -> str | None:
+    from matplotlib.figure import Figure
+
+    series: dict[str, list[Point]] = {}
+    stars: dict[str, Point] = {}
+    limits: set[float] = set()
+    for run in runs:
+        for point in run.points:
+            series.setdefault(series_key(run.machine_name, point), []).append(point)
+        for found in run.sla:
+            limits.add(found.sla_p99_ms)
+            if found.best is not None:
+                stars[series_key(run.machine_name, found.best)] = found.best
+    if not series:
+        return None
+    figure = Figure(figsize=(8.0, 4.8), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (name, points) in enumerate(sorted(series.items())):
+        points = sorted(points, key=lambda p: p.batch_size)
+        color = COLORS[index % len(COLORS)]
+        axes.plot([p.p99_ms for p in points], [p.throughput_per_s for p in points], "o-", color=color,
+                  label=plain(name), markersize=4)  # fmt: skip
+        for p in points:
+            axes.annotate(str(p.batch_size), (p.p99_ms, p.throughput_per_s), textcoords="offset points",
+                          xytext=(3, 3), fontsize=7, color=color)  # fmt: skip
+        if name in stars:
+            best = stars[name]
+            axes.plot([best.p99_ms], [best.throughput_per_s], "*", color=color, markersize=13, markeredgecolor="k")
+    for limit in sorted(limits):
+        axes.axvline(limit, color="#c0392b", linestyle="--", linewidth=1)
+        axes.annotate(f"SLA P99 {limit:g} ms", (limit, 1), xycoords=("data", "axes fraction"), rotation=90,
+                      va="top", ha="right", fontsize=7, color="#c0392b")  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("P99 latency per batch (ms, log)")
+    axes.set_ylabel("throughput (samples/s, log)")
+    axes.grid(True, which="both", alpha=0.25)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return to_svg(figure)
+
+
+def latency_vs_load(runs: Iterable[BenchResults]) -> str | None:
+    """Served load: P50 and P99 request latency against the offered rate, one colour per machine × artifact."""
+    from matplotlib.figure import Figure
+
+    series: dict[str, list] = {}
+    for run in runs:
+        for served in run.served:
+            series.setdefault(f"{run.machine_name}: {served.artifact} [{served.runtime}]", []).append(served)
+    if not series:
+        return None
+    figure = Figure(figsize=(8.0, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (name, points) in enumerate(sorted(series.items())):
+        points = sorted(points, key=lambda s: s.offered_per_s)
+        color = COLORS[index % len(COLORS)]
+        rates = [s.offered_per_s for s in points]
+        axes.plot(rates, [s.p99_ms for s in points], "o-", color=color, label=plain(f"{name} P99"), markersize=4)
+        axes.plot(rates, [s.p50_ms for s in points], "o:", color=color, label=plain(f"{name} P50"), markersize=3)
+        for s in points:
+            if s.saturated:
+                axes.annotate("saturated", (s.offered_per_s, s.p99_ms), textcoords="offset points",
+                              xytext=(3, -9), fontsize=7, color=color)  # fmt: skip
+    axes.set_yscale("log")
+    axes.set_xlabel("offered load (requests/s, Poisson arrivals)")
+    axes.set_ylabel("request latency (ms, log)")
+    axes.grid(True, which="both", alpha=0.25)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return to_svg(figure)

@@ -1,0 +1,147 @@
+"""`compress bench`: open each artifact on this machine, sweep batch sizes and lengths, search the SLA batch, offer
+served load, and write one results file that `merge` can combine with other machines' files.
+
+Artifacts that cannot run here (a TensorRT engine without TensorRT, a Core ML package off macOS) become
+`unavailable` rows with the reason, so a merged report shows what each machine could and could not run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from compress.artifacts import REPORT, artifact_format, open_artifact, run_artifacts
+from compress.bench.measure import REAL, Plan, Point, measure_point
+from compress.bench.served import ServedPoint, serve
+from compress.bench.sla import SlaResult, search_sla_batch
+from compress.data.text_data import TextData
+from compress.environment import environment
+from compress.errors import NotEvaluable
+from compress.runtime.base import Runtime
+
+SCHEMA_VERSION = 1
+
+
+class Unavailable(BaseModel):
+    artifact: str
+    format: str | None = None
+    reason: str
+
+
+class BenchResults(BaseModel):
+    """One `compress bench` run on one machine (the file `merge` reads)."""
+
+    schema_version: int = SCHEMA_VERSION
+    machine_name: str = Field(description="Who measured: --machine-name, or the host name.")
+    machine: dict[str, Any] = Field(description="CPU model and flags, cores, GPU and driver, library versions.")
+    created: str
+    command: str
+    data: dict[str, Any] = Field(description="The texts measured: source file and row count.")
+    plan: dict[str, Any]
+    points: list[Point] = Field(default_factory=list)
+    sla: list[SlaResult] = Field(default_factory=list)
+    served: list[ServedPoint] = Field(default_factory=list)
+    unavailable: list[Unavailable] = Field(default_factory=list)
+
+
+@dataclass
+class BenchSpec:
+    batch_sizes: list[int]
+    lengths: list[str] = field(default_factory=lambda: [REAL])
+    plan: Plan = field(default_factory=Plan)
+    sla_p99_ms: float | None = None
+    max_batch: int = 1024
+    served_rates: list[float] = field(default_factory=list)
+    window_ms: float = 10.0
+    served_requests: int = 2000
+    device: str = "auto"
+    threads: int | None = None
+    task: str | None = None
+
+
+def expand(paths: list[Path]) -> list[tuple[str, Path]]:
+    """(label, folder) per artifact; a run folder expands to its stages' artifacts, labelled `<run>/<stage>`."""
+    found = []
+    for path in paths:
+        if (path / REPORT).is_file():
+            found += [(f"{path.name}/{stage}", folder) for stage, folder in run_artifacts(path).items()]
+        else:
+            found.append((str(path), path))
+    return found
+
+
+def bench(
+    paths: list[Path],
+    data: TextData,
+    spec: BenchSpec,
+    *,
+    command: str,
+    machine_name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> BenchResults:
+    results = BenchResults(
+        machine_name=machine_name or platform.node() or "this machine",
+        machine=environment(),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        command=command,
+        data={"source": data.source, "rows": len(data)},
+        plan=vars(spec.plan) | {"lengths": spec.lengths, "batch_sizes": spec.batch_sizes},
+    )
+    for label, folder in expand(paths):
+        try:
+            runtime = open_artifact(folder, device=spec.device, threads=spec.threads, task=spec.task)
+        except NotEvaluable as exc:
+            results.unavailable.append(Unavailable(artifact=label, format=artifact_format(folder), reason=str(exc)))
+            log(f"{label}: not available here: {exc}")
+            continue
+        try:
+            _bench_runtime(runtime, label, data, spec, results, log)
+        finally:
+            runtime.close()
+    return results
+
+
+def _bench_runtime(
+    runtime: Runtime, label: str, data: TextData, spec: BenchSpec, results: BenchResults, log: Callable[[str], None]
+) -> None:
+    def point(batch: int, length: str) -> Point:
+        measured = measure_point(runtime, data, batch, length, spec.plan, artifact=label, threads=spec.threads)
+        log(
+            f"{label} [{runtime.name}/{runtime.device}] batch {batch}, length {length}: "
+            f"P50 {measured.p50_ms:.2f} ms, P99 {measured.p99_ms:.2f} ms, {measured.throughput_per_s:,.1f}/s"
+            + (" (P99 from few samples)" if measured.p99_from_few_samples else "")
+        )
+        return measured
+
+    for length in spec.lengths:
+        for batch in spec.batch_sizes:
+            results.points.append(point(batch, length))
+    if spec.sla_p99_ms is not None:
+        for length in spec.lengths:
+            found = search_sla_batch(partial(point, length=length), spec.sla_p99_ms, max_batch=spec.max_batch)
+            results.sla.append(found)
+            best = found.best
+            log(
+                f"{label}: SLA P99 ≤ {spec.sla_p99_ms} ms at length {length}: "
+                + (f"batch {best.batch_size}, {best.throughput_per_s:,.1f}/s" if best else "missed even at batch 1")
+            )
+    if spec.served_rates:
+        best_sla = next((s.best for s in results.sla if s.artifact == label and s.best is not None), None)
+        max_batch = best_sla.batch_size if best_sla else max(spec.batch_sizes)
+        for rate in spec.served_rates:
+            served = serve(
+                runtime, data, rate_per_s=rate, window_ms=spec.window_ms, max_batch=max_batch,
+                requests=spec.served_requests, artifact=label,
+            )  # fmt: skip
+            results.served.append(served)
+            log(
+                f"{label}: {rate:g} req/s offered → P50 {served.p50_ms:.1f} ms, P99 {served.p99_ms:.1f} ms, "
+                f"mean batch {served.mean_batch:.1f}" + (" (saturated)" if served.saturated else "")
+            )

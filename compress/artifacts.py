@@ -49,16 +49,22 @@ def artifact_format(path: Path) -> str:
 
 
 def open_artifact(
-    path: str | Path, *, device: str = "auto", threads: int | None = None, task: str | None = None
+    path: str | Path,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    task: str | None = None,
+    compute_units: str | None = None,
 ) -> Runtime:
-    """The artifact at `path` in its own runtime on this machine (`device`: auto, cpu or cuda)."""
+    """The artifact at `path` in its own runtime on this machine (`device`: auto, cpu or cuda; `compute_units`:
+    Core ML's, e.g. cpu_and_ne)."""
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"{clip(str(folder))} is not a folder", where=str(folder), fix="check the path")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     opener = RUNTIMES.get(artifact_format(folder), where=str(folder / EXPORT_METADATA))
-    return opener(folder, RuntimeOptions(threads=threads, device=device, task=task))
+    return opener(folder, RuntimeOptions(threads=threads, device=device, task=task, compute_units=compute_units))
 
 
 def run_artifacts(run_dir: str | Path) -> dict[str, Path]:

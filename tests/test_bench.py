@@ -146,3 +146,25 @@ def test_results_schema_round_trips(onnx_dir: Path, sst2_dev: TextData) -> None:
     run = bench([onnx_dir], sst2_dev.head(4), spec, command="test", log=lambda _: None)
     again = BenchResults.model_validate_json(run.model_dump_json())
     assert again == run and again.machine["cpu_count"] >= 1 and torch.__version__ == again.machine["torch"]
+
+
+def test_core_ml_packages_run_once_per_compute_unit(tiny_bert: ModelHandle, sst2_dev: TextData, tmp_path: Path) -> None:
+    """On macOS every requested compute unit is measured; elsewhere each is an `unavailable` row saying why."""
+    import sys
+
+    pytest.importorskip("coremltools")
+    from compress.export.coreml import CoreMLExporter
+
+    package = tmp_path / "cm"
+    package.mkdir()
+    (tmp_path / "w").mkdir()
+    CoreMLExporter().export(tiny_bert, make_context(sst2_dev, sst2_dev, tmp_path / "w"), package)
+    spec = BenchSpec(batch_sizes=[1], plan=QUICK, coreml_compute_units=["cpu_only", "cpu_and_ne"])
+    results = bench([package], sst2_dev.head(4), spec, command="test", log=lambda _: None)
+    labels = [f"{package} (cpu_only)", f"{package} (cpu_and_ne)"]
+    if sys.platform == "darwin":
+        assert [p.artifact for p in results.points] == labels
+        assert [p.device for p in results.points] == ["cpu_only", "cpu_and_ne"]
+    else:
+        assert [u.artifact for u in results.unavailable] == labels
+        assert all("needs macOS" in u.reason and u.format == "coreml" for u in results.unavailable)

@@ -28,7 +28,9 @@ def _numbers(text: str, option: str, kind: type = int) -> list:
 def bench_command(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Artifact folders or run folders (every stage's artifact); or `merge` then bench.json files."),
+        typer.Argument(
+            help="Artifact folders or run folders (every stage's artifact); or `merge` then bench.json files."
+        ),
     ],
     data: Annotated[str | None, typer.Option(help="Texts to measure on: a dataset file, folder or hub name.")] = None,
     text: Annotated[str, typer.Option(help="Text column.")] = "text",
@@ -53,6 +55,9 @@ def bench_command(
     task: Annotated[str | None, typer.Option(help="Task of plain transformers folders (default: from config).")] = (
         None
     ),
+    coreml_compute_units: Annotated[
+        str | None, typer.Option(help="Core ML packages: comma-separated units, e.g. all,cpu_only,cpu_and_ne.")
+    ] = None,
     machine_name: Annotated[str | None, typer.Option(help="Name of this machine in merged reports.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for bench.json/.md/.html.")] = Path(
         "runs/bench"
@@ -93,6 +98,7 @@ def bench_command(
         device=device,
         threads=threads,
         task=task,
+        coreml_compute_units=[u.strip() for u in coreml_compute_units.split(",")] if coreml_compute_units else [],
     )
     command = shlex.join(["compress", "bench", *sys.argv[2:]]) if len(sys.argv) > 2 else "compress bench"
     results = bench([Path(p) for p in paths], texts, spec, command=command, machine_name=machine_name)

@@ -64,6 +64,7 @@ class BenchSpec:
     device: str = "auto"
     threads: int | None = None
     task: str | None = None
+    coreml_compute_units: list[str] = field(default_factory=list)  # empty: the units each package was made for
 
 
 def expand(paths: list[Path]) -> list[tuple[str, Path]]:
@@ -94,9 +95,11 @@ def bench(
         data={"source": data.source, "rows": len(data)},
         plan=vars(spec.plan) | {"lengths": spec.lengths, "batch_sizes": spec.batch_sizes},
     )
-    for label, folder in expand(paths):
+    for label, folder, units in _variants(expand(paths), spec):
         try:
-            runtime = open_artifact(folder, device=spec.device, threads=spec.threads, task=spec.task)
+            runtime = open_artifact(
+                folder, device=spec.device, threads=spec.threads, task=spec.task, compute_units=units
+            )
         except NotEvaluable as exc:
             results.unavailable.append(Unavailable(artifact=label, format=artifact_format(folder), reason=str(exc)))
             log(f"{label}: not available here: {exc}")
@@ -106,6 +109,17 @@ def bench(
         finally:
             runtime.close()
     return results
+
+
+def _variants(artifacts: list[tuple[str, Path]], spec: BenchSpec) -> list[tuple[str, Path, str | None]]:
+    """A Core ML package once per requested compute units (labelled with them); every other artifact once."""
+    variants: list[tuple[str, Path, str | None]] = []
+    for label, folder in artifacts:
+        if spec.coreml_compute_units and artifact_format(folder) == "coreml":
+            variants += [(f"{label} ({units})", folder, units) for units in spec.coreml_compute_units]
+        else:
+            variants.append((label, folder, None))
+    return variants
 
 
 def _bench_runtime(

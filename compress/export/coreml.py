@@ -122,8 +122,8 @@ class CoreMLExporter(Exporter):
         return open_coreml(artifact_dir, options_for(ctx))
 
 
-def open_coreml(artifact_dir: Path, options: RuntimeOptions, compute_units: str | None = None) -> Runtime:
-    """The package with the compute units it was exported for, or `compute_units` (all, cpu_only, cpu_and_ne…)."""
+def open_coreml(artifact_dir: Path, options: RuntimeOptions) -> Runtime:
+    """The package on the compute units it was exported for, or on `options.compute_units` (all, cpu_only, …)."""
     from transformers import AutoTokenizer
 
     from compress.runtime.coreml import CoreMLRuntime
@@ -131,7 +131,7 @@ def open_coreml(artifact_dir: Path, options: RuntimeOptions, compute_units: str 
     meta = read_metadata(artifact_dir)
     return CoreMLRuntime(
         artifact_dir / meta["model_file"], AutoTokenizer.from_pretrained(artifact_dir), meta["task"],
-        meta["max_length"], compute_units=compute_units or meta["compute_units"], precision=meta["precision"],
+        meta["max_length"], compute_units=options.compute_units or meta["compute_units"], precision=meta["precision"],
     )  # fmt: skip
 
 

@@ -50,12 +50,14 @@ def as_tensor(outputs: RuntimeOutput) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How to open an artifact on this machine: CPU threads (None: the runtime's default), the device, and the
-    task for a plain transformers folder that does not record one (None: from its architecture)."""
+    """How to open an artifact on this machine: CPU threads (None: the runtime's default), the device, the task
+    for a plain transformers folder that does not record one (None: from its architecture), and Core ML's compute
+    units (None: those the package was exported for)."""
 
     threads: int | None = None
     device: str = "cpu"
     task: str | None = None
+    compute_units: str | None = None
 
 
 class Runtime(ABC):

@@ -70,6 +70,7 @@ class Recipe:
         for i, step in enumerate(self.steps):
             if not isinstance(step, Step):
                 raise ConfigError(f"steps[{i}] is a {type(step).__name__}, not a Step", fix="use cx.steps.<Name>(...)")
+            step.base_dir = self.base_dir
         for i, exporter in enumerate(self.exports):
             if not isinstance(exporter, Exporter):
                 raise ConfigError(f"exports[{i}] is a {type(exporter).__name__}, not an Exporter")

@@ -27,6 +27,9 @@ from compress.errors import NotEvaluable
 from compress.runtime.base import Runtime
 
 SCHEMA_VERSION = 1
+# Formats whose runtime can run on CUDA: asked for a GPU and opened on the CPU, they get an `unavailable` row too
+# (e.g. onnxruntime without its GPU build). OpenVINO and Core ML are CPU/Apple runtimes by design.
+CUDA_FORMATS = {"onnx", "pytorch", "transformers", "torch_compile"}
 
 
 class Unavailable(BaseModel):
@@ -104,11 +107,24 @@ def bench(
             results.unavailable.append(Unavailable(artifact=label, format=artifact_format(folder), reason=str(exc)))
             log(f"{label}: not available here: {exc}")
             continue
+        fmt = artifact_format(folder)
+        if _wants_cuda(spec.device) and fmt in CUDA_FORMATS and runtime.device == "cpu":
+            results.unavailable.append(Unavailable(
+                artifact=label, format=fmt,
+                reason=f"{runtime.name} has no CUDA path on this machine (for ONNX Runtime: pip install "
+                "onnxruntime-gpu); measured on the CPU instead",
+            ))  # fmt: skip
         try:
             _bench_runtime(runtime, label, data, spec, results, log)
         finally:
             runtime.close()
     return results
+
+
+def _wants_cuda(device: str) -> bool:
+    import torch
+
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def _variants(artifacts: list[tuple[str, Path]], spec: BenchSpec) -> list[tuple[str, Path, str | None]]:

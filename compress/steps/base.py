@@ -58,6 +58,9 @@ class Step(ABC):
     # a new checkpoint format set this, so a save/load bug cannot hide behind a correct in-memory model).
     evaluate_saved: ClassVar[bool] = False
     progress: bool = True  # the runner turns progress bars off with `--quiet`
+    # The recipe's folder (the Recipe sets it): relative paths in settings are read from there, also when the
+    # stage key hashes the files they name (before `apply`, which gets it as StageContext.base_dir).
+    base_dir: Path | None = None
 
     def __init__(self, config: StepConfig | None = None, **kwargs: Any) -> None:
         self.config = config if config is not None else self.Config(**kwargs)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from compress.cache import feed_file
 
 
 def hash_json(value: Any) -> str:
@@ -28,3 +31,22 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hash_json({"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab()})
+
+
+def path_fingerprint(path: Path) -> str:
+    """sha256 over a file's bytes, or over a folder's files (relative names and bytes, in name order).
+
+    A path that does not exist hashes to "missing": the key can still be computed, and the step that reads the
+    path reports it. Streamed, so a model folder never has to fit in memory.
+    """
+    digest = hashlib.sha256()
+    if path.is_file():
+        feed_file(digest, path)
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            # Name and size first: no two folders feed the same bytes (a file's bytes may hold NULs).
+            digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\0".encode())
+            feed_file(digest, file)
+    else:
+        return "missing"
+    return digest.hexdigest()

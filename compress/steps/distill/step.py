@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from accelerate import PartialState
@@ -16,6 +17,7 @@ from compress.errors import ConfigError
 from compress.io import user_path
 from compress.models.handle import ModelHandle
 from compress.models.load import load_model
+from compress.models.source import PYPI_PREFIX
 from compress.steps.base import StageContext, Step
 from compress.steps.distill.augment import augment_texts, nearest_neighbours, replaceable_words
 from compress.steps.distill.config import (
@@ -34,7 +36,7 @@ from compress.steps.finetune import check_labels, require_training_task
 from compress.steps.prune.structured import layer_widths, prune_structure, structure_transform
 from compress.train import forward_inputs, tokenize_rows, train
 from compress.train.batches import IGNORE_LABEL
-from compress.train.fingerprint import hash_json, model_fingerprint, tokenizer_fingerprint
+from compress.train.fingerprint import hash_json, model_fingerprint, path_fingerprint, tokenizer_fingerprint
 
 
 class Distill(Step):
@@ -43,6 +45,19 @@ class Distill(Step):
     name: ClassVar[str] = "distill"
     Config = DistillConfig
     config: DistillConfig
+    def cache_key(self) -> dict[str, Any]:
+        """The stage key holds the bytes of every file the step reads, not only their names: a cached stage is
+        reused without `apply` running, so an edited unlabeled file or a retrained local teacher must change it."""
+        key = super().cache_key()
+        if self.config.unlabeled is not None:
+            path = user_path(self.config.unlabeled, f"{self.name}.unlabeled", self.base_dir or Path.cwd())
+            key["unlabeled_sha256"] = path_fingerprint(path)
+        sources = {"teacher": self.config.teacher, "student": getattr(self.config.student, "source", None)}
+        for role, source in sources.items():
+            folder = _local_model_folder(source)
+            if folder is not None:
+                key[f"{role}_sha256"] = path_fingerprint(folder)
+        return key
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         cfg = self.config.model_copy(update={"progress": self.config.progress and self.progress})
@@ -184,6 +199,15 @@ class Distill(Step):
             )
         teacher.cpu()  # not needed on the accelerator any more
         return logits
+
+
+def _local_model_folder(source: str | None) -> Path | None:
+    """The folder a model source names when it is one, read as `load_model` reads it (from the working
+    directory); hub names and `pypi:` packages are keyed by their name."""
+    if source is None or source.startswith(PYPI_PREFIX):
+        return None
+    path = user_path(source, "steps.distill")
+    return path if path.is_dir() else None
 
 
 def augmented_copies(

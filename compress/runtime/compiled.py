@@ -1,0 +1,124 @@
+"""PyTorch's fast path: a stage in bf16/fp16 with SDPA attention, `torch.compile`d over bucketed static shapes.
+
+`torch.compile(mode="reduce-overhead")` replays CUDA graphs, but only for shapes it has seen: under dynamic padding
+every new (batch, length) recompiles, and after a handful it gives up and runs eagerly. So each batch is padded up
+to the next length bucket (mask 0 on the padding, which attention ignores) and the next batch bucket (whole padding
+rows, cut off the outputs): a few static shapes, each compiled once and then replayed. Padding costs some
+compute; the buckets bound it (≤ 2x on the length at worst, usually far less).
+
+Outputs must be one row per input (classification logits); tasks whose outputs carry the sequence axis (causal
+LMs) run on the plain PyTorch runtime.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.errors import NotEvaluable
+from compress.models.handle import ModelHandle
+from compress.runtime.base import RuntimeOptions, RuntimeOutput
+from compress.runtime.torch import TorchRuntime
+from compress.tasks import get_task
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
+
+
+def bucket(value: int, buckets: list[int]) -> int:
+    """The smallest bucket ≥ `value` (`value` itself past the largest: a shape compiled on its own)."""
+    index = bisect.bisect_left(buckets, value)
+    return buckets[index] if index < len(buckets) else value
+
+
+def batch_buckets(largest: int) -> list[int]:
+    """Powers of two up to `largest`: at most one doubling of padding rows, log2 shapes to compile."""
+    sizes, size = [], 1
+    while size < largest:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, largest]
+
+
+def pad_to(inputs: Mapping[str, np.ndarray], rows: int, length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Inputs padded to (rows, length): `input_ids` with the pad token, every other input (mask, types) with 0."""
+    padded = {}
+    for name, array in inputs.items():
+        out = np.full((rows, length), pad_id if name == "input_ids" else 0, dtype=np.int64)
+        out[: array.shape[0], : array.shape[1]] = array
+        padded[name] = out
+    return padded
+
+
+class CompiledTorchRuntime(TorchRuntime):
+    name = "pytorch-compiled"
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        device: str = "cuda",
+        *,
+        dtype: str = "bfloat16",
+        mode: str = "reduce-overhead",
+        length_buckets: list[int] | None = None,
+        max_batch: int = 256,
+        compile: bool = True,
+    ) -> None:
+        if 1 in get_task(handle.task).logits_axes:
+            raise NotEvaluable(
+                f"the bucketed compile path pads sequences, and {handle.task} outputs carry the sequence axis",
+                fix="evaluate this stage on the plain PyTorch runtime (no export needed)",
+            )
+        setter = getattr(handle.model, "set_attn_implementation", None)
+        if setter is not None:
+            with contextlib.suppress(ValueError, ImportError):  # an architecture without SDPA keeps what it had
+                setter("sdpa")
+        handle.model.to(DTYPES[dtype])
+        super().__init__(handle, device)
+        self.dtype, self.mode = dtype, mode
+        limit = self.max_length or 512
+        self.length_buckets = sorted({min(b, limit) for b in (length_buckets or DEFAULT_LENGTHS)} | {limit})
+        self.batch_buckets = batch_buckets(max_batch)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        if compile:
+            # dynamic=False: one graph per bucket, which is what lets CUDA graphs replay.
+            self._forward = torch.compile(self._forward, mode=mode, dynamic=False)
+
+    @torch.inference_mode()
+    def predict(self, batch: Mapping[str, np.ndarray]) -> RuntimeOutput:
+        rows, length = np.shape(batch["input_ids"])
+        shaped = pad_to(
+            {k: v for k, v in batch.items() if k in self._input_names},
+            bucket(rows, self.batch_buckets),
+            bucket(length, self.length_buckets),
+            self.pad_id,
+        )
+        outputs = super().predict(shaped)
+        # A CUDA-graph replay reuses its output buffer: clone what the caller keeps past the next call.
+        return outputs[:rows].float().clone()
+
+    def describe(self) -> dict[str, str]:
+        return {"runtime": self.name, "device": self.device, "precision": self.dtype, "mode": self.mode}
+
+
+def open_compiled(artifact_dir: Path, options: RuntimeOptions) -> CompiledTorchRuntime:
+    """A `torch_compile` export: the saved stage plus the settings it is compiled with."""
+    from compress.export.base import read_metadata
+    from compress.models.serialize import load_handle
+
+    meta = read_metadata(artifact_dir)
+    handle = load_handle(artifact_dir / meta["model_dir"], options.device)
+    handle.saved_dir = artifact_dir / meta["model_dir"]
+    return CompiledTorchRuntime(
+        handle,
+        options.device,
+        dtype=meta["dtype"],
+        mode=meta["mode"],
+        length_buckets=meta["length_buckets"],
+        max_batch=meta["max_batch"],
+    )

@@ -1,0 +1,226 @@
+"""The GPU path side by side (issue 15): the flagship's teacher and student on one CUDA GPU, SST-2 dev's real
+sentences, the teacher's fp32 eager throughput = 1.0.
+
+    python benchmarks/bench_distill.py --gpu --output /tmp/runs/flagship      # trains the stages (once)
+    python benchmarks/bench_gpu_path.py --run /tmp/runs/flagship               # this benchmark
+
+Per model (teacher, student = the truncate stage) and batch size (32, 256): PyTorch fp32 eager, bf16 eager,
+plain bf16 + `torch.compile(mode="reduce-overhead")` on the real (dynamically padded) shapes, compress's
+`torch_compile` path (bf16, SDPA, bucketed static shapes), the `aoti` package, and ONNX Runtime's CUDA provider
+where onnxruntime-gpu is installed (else an unavailable row). Each row's accuracy is scored from its own
+predictions. Targets: student ≥ 20x at batch 256 and ≥ 10x at 32 with accuracy within 0.2 points of its CPU twin;
+teacher ≥ 5x; compress's path ≥ 1.3x plain bf16 + torch.compile on the same model.
+
+Writes benchmarks/results/gpu-path.json and docs/benchmarks/gpu-path.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.bench.measure import REAL, Plan, measure_point
+from compress.config import DataSpec
+from compress.data.provider import DataProvider
+from compress.environment import environment
+from compress.evaluate.batching import tokenize_batches
+from compress.io import atomic_write_text
+from compress.models.serialize import load_handle
+from compress.runtime.base import Runtime
+from compress.runtime.compiled import CompiledTorchRuntime
+from compress.runtime.torch import TorchRuntime
+
+ROOT = Path(__file__).resolve().parent
+NAME = "gpu-path"
+BATCHES = (32, 256)
+PLAN = Plan(passes=3, warmup=5, min_batches=20, min_seconds=1.0, max_seconds=20.0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a flagship run folder (bench_distill.py --gpu)")
+    parser.add_argument("--teacher", default="teacher")
+    parser.add_argument("--student", default="truncate")
+    parser.add_argument("--data", default=str(ROOT.parent / "evals" / "data" / "sst2" / "dev.tsv"))
+    parser.add_argument("--cpu-twin", type=Path, default=ROOT / "results" / "distill-bert-then-int8.json",
+                        help="results whose student accuracy on CPU the GPU rows are compared with")  # fmt: skip
+    return parser.parse_args()
+
+
+def stage_model(run: Path, stage: str) -> Path:
+    report = json.loads((run / "report.json").read_text())
+    (found,) = [s for s in report["stages"] if s["name"] == stage]
+    recorded = Path(found["artifact"])
+    return run / "stages" / recorded.parent.name / recorded.name
+
+
+def accuracy(runtime: Runtime, data: Any, batch: int) -> float:
+    predictions = []
+    for item in tokenize_batches(runtime.tokenizer, data, batch, runtime.max_length or 512):
+        logits = runtime.predict(item.inputs)
+        logits = logits.float().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+        predictions.append(logits.argmax(-1))
+    return float(np.mean(np.concatenate(predictions) == np.asarray(data.labels)))
+
+
+def plain_compiled(folder: Path) -> TorchRuntime:
+    """bf16 + torch.compile(reduce-overhead) as a user would write it: no buckets, the real shapes."""
+    handle = load_handle(folder, "cuda")
+    handle.model.to(torch.bfloat16)
+    runtime = TorchRuntime(handle, "cuda")
+    runtime._forward = torch.compile(runtime._forward, mode="reduce-overhead")
+    return runtime
+
+
+def variants(folder: Path, work: Path, onnx: Path | None) -> dict[str, Callable[[], Runtime]]:
+    def eager(dtype: torch.dtype) -> Callable[[], Runtime]:
+        def make() -> Runtime:
+            handle = load_handle(folder, "cuda")
+            handle.model.to(dtype)
+            return TorchRuntime(handle, "cuda")
+
+        return make
+
+    def ours() -> Runtime:
+        return CompiledTorchRuntime(load_handle(folder, "cuda"), "cuda", dtype="bfloat16")
+
+    def aoti() -> Runtime:
+        from compress.export.aoti import AOTInductorExporter
+        from compress.runtime.aoti import open_aoti
+        from compress.runtime.base import RuntimeOptions
+        from compress.steps.base import StageContext
+
+        out = work / f"aoti-{folder.parent.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        handle = load_handle(folder, "cuda")
+        ctx = StageContext(train_data=None, eval_data=None, calibration_data=None, score=None,  # type: ignore[arg-type]
+                           eval_spec=None, device=torch.device("cuda"), work_dir=work, seed=0)  # fmt: skip
+        AOTInductorExporter(max_batch=max(BATCHES)).export(handle, ctx, out)
+        return open_aoti(out, RuntimeOptions(device="cuda"))
+
+    def ort_cuda() -> Runtime:
+        from compress.export.onnx import open_onnx
+        from compress.runtime.base import RuntimeOptions
+
+        if onnx is None:
+            raise RuntimeError("no ONNX export of this stage in the run")
+        runtime = open_onnx(onnx, RuntimeOptions(device="cuda"))
+        if runtime.device != "cuda":
+            raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)")
+        return runtime
+
+    return {
+        "fp32 eager": eager(torch.float32),
+        "bf16 eager": eager(torch.bfloat16),
+        "bf16 + torch.compile (plain)": lambda: plain_compiled(folder),
+        "compress torch_compile": ours,
+        "compress aoti": aoti,
+        "onnxruntime CUDA": ort_cuda,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("needs a CUDA GPU")
+    data = DataProvider(DataSpec(path=args.data, text="sentence", label="label"), "text-classification", Path.cwd(),
+                        seed=0).eval  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    work = Path("/tmp/compress-gpu-path")
+    # The run's FP32 ONNX export is of the final (student) stage; the teacher has none.
+    for role, stage, onnx in (("teacher", args.teacher, None), ("student", args.student, "export:ort-fp32")):
+        folder = stage_model(args.run, stage)
+        for variant, make in variants(folder, work, onnx and stage_model(args.run, onnx)).items():
+            started = time.perf_counter()
+            try:
+                runtime = make()
+                score = accuracy(runtime, data, 256)  # also compiles every bucket before timing
+            except Exception as exc:  # a path this machine lacks: a row saying so
+                rows.append({"model": role, "variant": variant, "unavailable": f"{type(exc).__name__}: {exc}"[:300]})
+                print(rows[-1], flush=True)
+                continue
+            setup_s = time.perf_counter() - started
+            for batch in BATCHES:
+                point = measure_point(runtime, data, batch, REAL, PLAN, artifact=f"{role}:{variant}")
+                rows.append({"model": role, "variant": variant, "batch_size": batch, "accuracy": score,
+                             "setup_seconds": round(setup_s, 1)} | point.model_dump())  # fmt: skip
+                print({k: rows[-1][k] for k in ("model", "variant", "batch_size", "accuracy", "throughput_per_s",
+                                                "p99_ms")}, flush=True)  # fmt: skip
+            runtime.close()
+            del runtime
+            torch.cuda.empty_cache()
+    record = {
+        "name": NAME,
+        "command": shlex.join(["python", "benchmarks/bench_gpu_path.py", *sys.argv[1:]]),
+        "hardware": environment(),
+        "rows": rows,
+        "summary": summarize(rows, args.cpu_twin),
+    }
+    atomic_write_text(ROOT / "results" / f"{NAME}.json", json.dumps(record, indent=2) + "\n")
+    write_docs(record)
+    print(json.dumps(record["summary"], indent=2))
+
+
+def summarize(rows: list[dict[str, Any]], cpu_twin: Path) -> dict[str, Any]:
+    def throughput(model: str, variant: str, batch: int) -> float | None:
+        found = [r for r in rows if (r["model"], r["variant"], r.get("batch_size")) == (model, variant, batch)]
+        return found[0]["throughput_per_s"] if found else None
+
+    base = {b: throughput("teacher", "fp32 eager", b) for b in BATCHES}
+    summary: dict[str, Any] = {}
+    for model in ("teacher", "student"):
+        for batch in BATCHES:
+            ours, plain = (
+                throughput(model, "compress torch_compile", batch),
+                throughput(model, "bf16 + torch.compile (plain)", batch),
+            )
+            summary[f"{model}_speedup_b{batch}"] = round(ours / base[batch], 2) if ours and base[batch] else None
+            summary[f"{model}_vs_plain_compile_b{batch}"] = round(ours / plain, 2) if ours and plain else None
+    student = next(
+        (r["accuracy"] for r in rows if r["model"] == "student" and r["variant"] == "compress torch_compile"), None
+    )
+    twin = json.loads(cpu_twin.read_text())["summary"].get("final_accuracy") if cpu_twin.exists() else None
+    summary["student_accuracy"] = student
+    summary["cpu_twin_accuracy"] = twin
+    summary["accuracy_delta_points"] = round(100 * (student - twin), 2) if student is not None and twin else None
+    summary |= {
+        "target_student_ge_20x_b256": (summary["student_speedup_b256"] or 0) >= 20,
+        "target_student_ge_10x_b32": (summary["student_speedup_b32"] or 0) >= 10,
+        "target_teacher_ge_5x": (summary["teacher_speedup_b256"] or 0) >= 5,
+        "target_ge_1.3x_plain_compile": min(
+            summary[f"{m}_vs_plain_compile_b{b}"] or 0 for m in ("teacher", "student") for b in BATCHES
+        )
+        >= 1.3,
+    }
+    return summary
+
+
+def write_docs(record: dict[str, Any]) -> None:
+    lines = ["| model | variant | batch | accuracy | samples/s | × teacher fp32 eager | P50 ms | P99 ms |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    base = {r["batch_size"]: r["throughput_per_s"] for r in record["rows"]
+            if r["model"] == "teacher" and r["variant"] == "fp32 eager" and "batch_size" in r}  # fmt: skip
+    for r in record["rows"]:
+        if "unavailable" in r:
+            lines.append(f"| {r['model']} | {r['variant']} | — | — | not available: {r['unavailable']} | | | |")
+            continue
+        ratio = r["throughput_per_s"] / base[r["batch_size"]] if base.get(r["batch_size"]) else None
+        lines.append(f"| {r['model']} | {r['variant']} | {r['batch_size']} | {r['accuracy']:.2%} | "
+                     f"{r['throughput_per_s']:,.0f} | {'—' if ratio is None else f'{ratio:.1f}x'} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
+    body = [f"# GPU path: {record['hardware']['cuda']}\n", f"Command: `{record['command']}`\n", "\n".join(lines),
+            "\n## Summary\n", "\n".join(f"- `{k}`: {v}" for k, v in record["summary"].items())]  # fmt: skip
+    atomic_write_text(ROOT.parent / "docs" / "benchmarks" / f"{NAME}.md", "\n".join(body) + "\n")
+
+
+if __name__ == "__main__":
+    main()

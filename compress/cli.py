@@ -1,4 +1,5 @@
-"""`compress` command line: run recipes, evaluate a model, list what is registered, re-render reports."""
+"""`compress` command line: run recipes, evaluate a model, benchmark artifacts, list what is registered, re-render
+reports."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import typer
 import yaml
 from rich.console import Console
 
-from compress.errors import CompressError
+from compress.bench.cli import bench_command
+from compress.errors import CompressError, clip
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # soft_wrap: an error's paths and fixes stay on one line (copyable), whatever the terminal's width.
@@ -61,6 +63,23 @@ def eval_(
     text_pair: Annotated[str | None, typer.Option(help="Second text column (sentence pairs).")] = None,
     label: Annotated[str, typer.Option(help="Label column (tasks that read labels).")] = "label",
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "validation",
+    header: Annotated[
+        bool | None,
+        typer.Option(
+            "--header/--no-header", help="Whether a csv/tsv file's first row names its columns; default: detect."
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Column names of a csv/tsv file, comma-separated in file order (e.g. sentence,label)."),
+    ] = None,
+    label_names: Annotated[
+        str | None,
+        typer.Option(
+            help="Label names in id order, comma-separated (e.g. negative,positive); default: the model's own labels "
+            "when it has a classification head, else the data's."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
     metric: Annotated[
         str | None, typer.Option(help="Primary metric; default: the task's (accuracy; causal-lm: perplexity).")
@@ -74,6 +93,9 @@ def eval_(
     from compress.tasks import get_task
 
     adapter = get_task(task, where="--task")
+    names = _comma_list(label_names, "--label-names")
+    if names is None and adapter.reads_labels:
+        names = _head_labels(adapter, model, task)
     raw = {
         "name": f"eval {model}",
         "model": {"source": model, "task": task},
@@ -84,6 +106,9 @@ def eval_(
             "split": split,
             "limit": limit,
             "label": label if adapter.reads_labels else None,
+            "header": header,
+            "columns": _comma_list(columns, "--columns"),
+            "label_names": names if adapter.reads_labels else None,
         },
         "evaluate": {  # an unset metric is the task's default (TaskAdapter.primary_metric)
             **({"metric": metric} if metric else {}),
@@ -91,6 +116,30 @@ def eval_(
         },
     }
     print(Recipe.from_dict(raw, source="compress eval").run(output, progress=not quiet).table())
+
+
+def _comma_list(value: str | None, flag: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",")]
+    if not all(items):
+        raise CompressError(
+            f"{flag} '{clip(value)}' has an empty name", fix=f"give names separated by single commas, e.g. {flag} a,b"
+        )
+    return items
+
+
+def _head_labels(adapter: object, model: str, task: str) -> list[str] | None:
+    """The labels of the model's classification head, so the data is scored against the model's own ids: a file
+    holding only some of its classes would otherwise size (and number) the classes from the data. Placeholder
+    names (LABEL_0, ...) name nothing: the data's labels are used then, and checked against the head's size."""
+    from compress.config import ModelSpec
+    from compress.tasks.text_classification import TextClassification, generic_names
+
+    if not isinstance(adapter, TextClassification):
+        return None
+    head = adapter.head_label_names(ModelSpec(model, task=task))
+    return None if head is None or generic_names(head) else head
 
 
 @app.command("list")
@@ -112,6 +161,10 @@ def list_() -> None:
         print("bundled recipes:")
         for path in sorted(recipes.glob("*.yaml")):
             print(f"  {path}")
+
+
+# `compress bench ARTIFACT...` and `compress bench merge A.json ...` (compress/bench/cli.py)
+app.command("bench")(bench_command)
 
 
 @app.command()

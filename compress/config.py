@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from compress.errors import ECHO_LIMIT, ConfigError, clip, shown
 
@@ -81,7 +90,8 @@ class DataSpec(Schema):
 
     path: str | dict[str, str] = Field(
         description="csv/tsv/json/jsonl/parquet/txt file, a mapping of split name to file, a directory written "
-        "by `datasets.save_to_disk`, or a hub dataset name."
+        "by `datasets.save_to_disk`, or a hub dataset name. A single file serves every split: a recipe that "
+        "trains on it needs `split_ratio`."
     )
     name: str | None = Field(None, description="Hub dataset configuration (e.g. `sst2` for `glue`).")
     split: str = Field("validation", description="The split every stage is evaluated on.")
@@ -93,7 +103,10 @@ class DataSpec(Schema):
     text_pair: str | None = Field(None, description="Column holding the second text of sentence-pair tasks.")
     label: str | None = Field("label", description="Column holding the label (None for language modelling).")
     label_names: list[str] | None = Field(
-        None, description="Label names in id order; string labels are mapped to these ids."
+        None,
+        description="Label names in id order; string labels are mapped to these ids. Default: the train split's "
+        "labels (which every other split must keep to), else the evaluated file's; `compress eval` uses the "
+        "model's own labels when it has a classification head.",
     )
     header: bool | None = Field(None, description="Whether csv/tsv files have a header row; None: detect.")
     columns: list[str] | None = Field(None, description="Column names for headerless csv/tsv files.")
@@ -105,12 +118,38 @@ class DataSpec(Schema):
     )
     limit: PositiveInt | None = Field(None, description="Use at most this many evaluation rows.")
     train_limit: PositiveInt | None = Field(None, description="Use at most this many training rows.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for sampling `train_limit` rows.")
+    split_ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Split a single file: this share of its rows (e.g. 0.2) is held out as the evaluation split, "
+        "the rest is what training and calibration read; stratified by label, seeded by `seed`. Unset, a recipe "
+        "with a training step on a single file is refused (it would train on the rows it is evaluated on).",
+    )
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="Seed for sampling `train_limit` rows and for the `split_ratio` split."
+    )
 
     def __init__(self, path: str | dict[str, str] | None = None, /, **data: object) -> None:
         if path is not None:
             data["path"] = path
         super().__init__(**data)
+
+    @model_validator(mode="after")
+    def _split_ratio_needs_one_file(self) -> DataSpec:
+        if self.split_ratio is None:
+            return self
+        if isinstance(self.path, dict):
+            raise ValueError(
+                "split_ratio splits a single file, but path is a mapping of split files; remove split_ratio, or "
+                "point path at one file"
+            )
+        if self.train_split == self.split:
+            raise ValueError(
+                f"with split_ratio, split ({clip(self.split)}) names the held-out rows and train_split the rest: "
+                "they must differ"
+            )
+        return self
 
 
 class EvalSpec(Schema):
@@ -160,13 +199,26 @@ class EvalSpec(Schema):
 
 
 class GateSpec(Schema):
-    """Stops a recipe when quality drops past the limit."""
+    """Stops a recipe when quality drops past the limit, or when a compressed stage is not faster."""
 
     max_accuracy_drop: float | None = Field(
         None,
         ge=0,
         description="Largest allowed worsening of the primary metric vs. the reference stage, in the metric's "
         "units (0.01 = one accuracy point; for perplexity, an increase).",
+    )
+    min_speedup: float | None = Field(
+        None,
+        gt=0,
+        description="Each compressing step and each export must reach this throughput relative to its source "
+        "stage, at the largest batch size both measured, on its own runtime (1.0: nothing may get slower; timing "
+        "noise is ±10 % on a busy CPU, so 0.9 or a target like 1.5 are safer). Steps that set the reference "
+        "(finetune) are not held to it.",
+    )
+    speed_gate: Literal["fail", "warn"] = Field(
+        "fail",
+        description="What a stage below `min_speedup` does: `fail` (a step stops the recipe, an export is marked "
+        "gate_failed) or `warn` (kept, with the shortfall in its message).",
     )
 
 

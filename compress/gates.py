@@ -1,4 +1,5 @@
-"""Accuracy gates: stop a recipe when a stage worsens the primary metric past the user's limit."""
+"""Gates: stop a recipe when a stage worsens the primary metric past the user's limit, or when a compressed stage
+runs slower than the limit allows relative to its source."""
 
 from __future__ import annotations
 
@@ -28,4 +29,29 @@ def check_gate(result: StageResult, reference: StageResult, limit: float | None,
     return (
         f"gate failed: {what} — '{result.name}' {metric} {result.primary:.4f} vs '{reference.name}' "
         f"{reference.primary:.4f}: worse by {drop:.4f}, limit {limit:.4f}"
+    )
+
+
+def speedup(result: StageResult, source: StageResult) -> tuple[float, int] | None:
+    """Throughput of `result` over `source` at the largest batch size both measured, with that batch size."""
+    common = sorted(set(result.latency) & set(source.latency), key=int)
+    if not common:
+        return None
+    batch = common[-1]
+    before, after = source.latency[batch].throughput_per_s, result.latency[batch].throughput_per_s
+    return (after / before, int(batch)) if before > 0 else None
+
+
+def check_speed(result: StageResult, source: StageResult, minimum: float | None) -> str | None:
+    """A message when `result` is below `minimum` times its source's throughput (e.g. OpenVINO INT8 running
+    slower than FP32 on a CPU without VNNI), else None."""
+    if minimum is None or result.status != "ok":
+        return None
+    measured = speedup(result, source)
+    if measured is None or measured[0] >= minimum:
+        return None
+    ratio, batch = measured
+    return (
+        f"speed gate (gates.min_speedup {minimum:g}): '{result.name}' on {result.runtime} runs {ratio:.2f}x "
+        f"'{source.name}' at batch {batch}"
     )

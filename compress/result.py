@@ -87,6 +87,11 @@ class StageResult(BaseModel):
     artifact: str | None = Field(None, description="Directory of this stage's model or exported artifact.")
     details: dict[str, Any] = Field(default_factory=dict, description="What the step found (e.g. truncate's search).")
     cached: bool = False
+    measured_under_load: bool | None = Field(
+        None,
+        description="Whether other work competed for the CPU when this stage was evaluated (the run's rule, see "
+        "`MachineLoad.contended`); kept with the stage so a cached re-run still reports it. None: not recorded.",
+    )
 
     @property
     def primary(self) -> float | None:
@@ -99,11 +104,78 @@ class StageResult(BaseModel):
         )
 
 
+class ClassFigures(BaseModel):
+    """One label's figures on the evaluation split (scikit-learn's definitions; 0 where a class is never
+    predicted or never present)."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="Evaluation rows whose true label is this one.")
+
+
+class StageClassification(BaseModel):
+    """Per-class figures and the confusion matrix of one stage, from its saved outputs (outputs.npy)."""
+
+    stage: str
+    per_class: list[ClassFigures] = Field(description="In label-id order.")
+    confusion_matrix: list[list[int]] = Field(
+        description="Row i, column j: rows of true label i predicted as label j (label-id order)."
+    )
+
+
+class ClassificationReport(BaseModel):
+    label_names: list[str] = Field(description="Label names in id order (the ids themselves when the data has none).")
+    stages: list[StageClassification]
+
+
+class DatasetSummary(BaseModel):
+    """What the run read: where from, which columns, and how many rows of each split."""
+
+    path: str | dict[str, str]
+    name: str | None = Field(None, description="Hub dataset configuration.")
+    text: str
+    text_pair: str | None = None
+    label: str | None = None
+    eval_split: str
+    eval_rows: int | None = Field(None, description="Rows every stage was evaluated on.")
+    train_split: str
+    train_rows: int | None = Field(
+        None, description="Rows the training steps read; None when no stage read the train split."
+    )
+    calibration_split: str | None = None
+
+
+class MachineLoad(BaseModel):
+    """The machine's 1-minute load average around the run, to judge whether its latencies are trustworthy."""
+
+    cpu_count: int
+    threads: int = Field(description="CPU threads this run's evaluation used.")
+    load_1m_start: float | None = Field(None, description="Before any stage ran (None where the OS has none).")
+    load_1m_end: float | None = Field(None, description="When this report was written.")
+    contended: bool = Field(
+        False,
+        description="Other work competed for the cores: at the start the load (others' alone) exceeded the cores "
+        "the run left free, or at the end the load (the run's own threads included) exceeded every core.",
+    )
+
+
 class RunReport(BaseModel):
-    recipe: str
+    recipe: str = Field(description="The recipe's name (the full recipe is `resolved_recipe`).")
     created: str
     output_dir: str
     environment: dict[str, Any]
     stages: list[StageResult]
     stopped: str | None = Field(None, description="Why the recipe stopped early, if it did.")
-    total_duration_s: float
+    total_duration_s: float = Field(
+        description="Compute time: every stage's step and evaluation time, cached stages at their original time "
+        "(reports written before `wall_duration_s` existed hold the run's wall time here)."
+    )
+    wall_duration_s: float | None = Field(None, description="How long this invocation took (a cached re-run: seconds).")
+    resolved_recipe: dict[str, Any] | None = Field(
+        None, description="The recipe as run: every section with its defaults filled in, in the YAML's shape."
+    )
+    dataset: DatasetSummary | None = None
+    classification: ClassificationReport | None = None
+    machine_load: MachineLoad | None = None

@@ -44,3 +44,45 @@ def run_lock(output_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_folder(output_dir: Path, *, lock: bool = True) -> Iterator[None]:
+    """Create the run folder (and its missing parents) and, with `lock`, hold its lock while the block runs.
+
+    If the block fails and the folder is still empty apart from the lock, the folders this call created are
+    removed: a run rejected before its first stage (bad data, a model that does not load) leaves nothing behind.
+    Only the lock holder cleans up (the other ranks of a distributed run share the folder), and a folder that
+    existed before, or holds anything else, is never touched.
+    """
+    created = _missing_folders(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(output_dir) if lock else contextlib.nullcontext():
+        try:
+            yield
+        except BaseException:
+            if lock and created:
+                # Still holding the lock: no other run can be using the folder while it is removed.
+                _remove_if_unused(output_dir, created)
+            raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_unused(output_dir: Path, created: list[Path]) -> None:
+    try:
+        if any(entry.name != LOCK_FILE for entry in output_dir.iterdir()):
+            return  # something was written: the reports and stages of what ran are kept
+        (output_dir / LOCK_FILE).unlink(missing_ok=True)
+        for folder in created:  # innermost first; a parent something else was put into stays
+            folder.rmdir()
+    except OSError:
+        return  # a folder that cannot be removed is only clutter: the run's own error is what matters

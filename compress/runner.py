@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -30,11 +31,20 @@ from compress.distributed import barrier, from_main, is_main_process, local_devi
 from compress.environment import environment
 from compress.errors import CompressError, NotEvaluable
 from compress.evaluate.memory import PeakMemory
-from compress.gates import check_gate
+from compress.export.deploy import sample_inputs
+from compress.gates import check_gate, check_speed
 from compress.io import atomic_directory
 from compress.models.handle import ModelHandle
-from compress.result import RunReport, StageResult
-from compress.run_lock import run_lock
+from compress.report.build import (
+    classification_report,
+    dataset_summary,
+    is_contended,
+    load_1m,
+    machine_load,
+    resolved_recipe,
+)
+from compress.result import ClassificationReport, DatasetSummary, RunReport, StageResult
+from compress.run_lock import run_folder
 from compress.runtime.base import Runtime
 from compress.steps.base import StageContext
 from compress.tasks import get_task
@@ -90,6 +100,12 @@ class Runner:
         self.models: dict[str, tuple[Path, ModelHandle | Callable[[], ModelHandle], str]] = {}
         self.started = time.perf_counter()
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        # Before any work of this run: the others' load alone (see `compress.report.build.is_contended`).
+        self.load_start = load_1m()
+        self.cpu_count = os.cpu_count() or 1
+        self.resolved = _resolved_or_none(recipe)
+        self._outputs: dict[Path, np.ndarray] = {}  # stage folder → its outputs.npy, read once for the report
+        self._previous: RunReport | None = None  # this folder's report before this run, read in `run`
 
     # ---------------------------------------------------------------- helpers
     def _runtime(self, handle: ModelHandle) -> Runtime:
@@ -141,11 +157,18 @@ class Runner:
         evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
         result = result.apply_evaluation(evaluation)
         result.details |= runtime.details()
+        result.measured_under_load = self._contended()
         if source_outputs is not None:
             fidelity = self.task.fidelity(source_outputs, outputs)
             result.max_abs_diff, result.prediction_agreement = fidelity.max_abs_diff, fidelity.agreement
         self.store.save_outputs(stage_dir, outputs)
         return result
+
+    def _threads(self) -> int:
+        return self.recipe.evaluate.threads or torch.get_num_threads()
+
+    def _contended(self) -> bool:
+        return is_contended(self.cpu_count, self._threads(), self.load_start, load_1m())
 
     def _write_report(self, stopped: str | None = None) -> RunReport:
         from compress.report.write import write_reports
@@ -157,11 +180,61 @@ class Runner:
             environment=environment(),
             stages=self.stages,
             stopped=stopped,
-            total_duration_s=time.perf_counter() - self.started,
+            # Compute time, not this invocation's: a cached stage counts at the time it originally took.
+            total_duration_s=sum(s.duration_s + (s.eval_duration_s or 0.0) for s in self.stages),
+            wall_duration_s=time.perf_counter() - self.started,
+            resolved_recipe=self.resolved,
+            machine_load=machine_load(self.cpu_count, self._threads(), self.load_start, load_1m()),
         )
         if is_main_process():
+            report.dataset, report.classification = self._data_figures()
             write_reports(report, self.output_dir)
         return report
+
+    def _data_figures(self) -> tuple[DatasetSummary, ClassificationReport | None]:
+        """The dataset summary and the per-class figures; without them (logged) when the data cannot be read
+        here — a report must not fail a run whose stages are done."""
+        train_rows = len(self.data.train) if "train" in vars(self.data) else self._previous_train_rows()
+        try:
+            data = self.data.eval
+        except CompressError as exc:
+            log.warning("report: the evaluation split could not be read, so no per-class figures: %s", exc)
+            summary = dataset_summary(self.recipe.data, self.recipe.base_dir, eval_rows=None, train_rows=train_rows)
+            return summary, None
+        summary = dataset_summary(self.recipe.data, self.recipe.base_dir, eval_rows=len(data), train_rows=train_rows)
+        if data.labels is None:  # a task without labels (causal LM) has no classes
+            return summary, None
+        outputs = {}
+        for stage in self.stages:
+            logits = self._stage_outputs(stage)
+            if logits is not None:
+                outputs[stage.name] = logits
+        return summary, classification_report(outputs, data.labels, data.label_names)
+
+    def _stage_outputs(self, stage: StageResult) -> np.ndarray | None:
+        """The stage's saved outputs (outputs.npy in its folder), None where it has none (failed, not evaluated)."""
+        if stage.name in self.models:
+            stage_dir = self.models[stage.name][0]
+        elif stage.artifact is not None:  # an export: `<stage folder>/artifact`
+            stage_dir = Path(stage.artifact).parent
+        else:
+            return None
+        if stage_dir not in self._outputs:
+            outputs = self.store.load_outputs(stage_dir)
+            if outputs is None:
+                return None
+            self._outputs[stage_dir] = outputs
+        return self._outputs[stage_dir]
+
+    def _previous_train_rows(self) -> int | None:
+        """Train rows from this folder's earlier report of the same recipe: a re-run whose training stages are
+        all cached never reads the train split, yet trained on those rows."""
+        previous = self._previous
+        if previous is None or previous.dataset is None or self.resolved is None:
+            return None
+        if previous.resolved_recipe != self.resolved:
+            return None
+        return previous.dataset.train_rows
 
     def _cached(self, stage_dir: Path, artifact: str) -> StageResult | None:
         if not self.resume:
@@ -191,8 +264,9 @@ class Runner:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> RunResult:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with run_lock(self.output_dir) if is_main_process() else contextlib.nullcontext():
+        # A run rejected before it wrote anything (bad data, a model that does not load) leaves no folder behind.
+        with run_folder(self.output_dir, lock=is_main_process()):
+            self._previous = _read_previous_report(self.output_dir)
             return self._run()
 
     def _run(self) -> RunResult:
@@ -244,6 +318,8 @@ class Runner:
             failure = check_gate(
                 result, previous, step.config.max_accuracy_drop, f"step '{step.label}' limit"
             ) or check_gate(result, reference, recipe.gates.max_accuracy_drop, "recipe limit (gates.max_accuracy_drop)")
+            if not step.sets_reference:  # a finetune makes the reference; it compresses nothing
+                failure = failure or self._speed_gate(result, previous)
             failure = from_main(failure)  # only the main process has the metrics
             if failure:
                 result.status, result.message = "gate_failed", failure
@@ -276,7 +352,7 @@ class Runner:
                     source_result,
                     exporter.config.max_accuracy_drop,
                     f"export '{exporter.label}' limit",
-                )
+                ) or self._speed_gate(result, source_result)
                 if result.status == "ok" and failure:
                     result.status, result.message = "gate_failed", failure
                 self.stages.append(result)
@@ -289,6 +365,16 @@ class Runner:
         final = _last_model_stage(self.stages)
         final_dir = self.models[final.name][0] / "model" if final.kind == "step" else None
         return RunResult(report=report, output_dir=self.output_dir, final_model_dir=final_dir)
+
+    def _speed_gate(self, result: StageResult, source: StageResult) -> str | None:
+        """The speed gate's failure message; under `speed_gate: warn` the shortfall goes into the stage's
+        message instead and nothing fails."""
+        shortfall = check_speed(result, source, self.recipe.gates.min_speedup)
+        if shortfall is None or self.recipe.gates.speed_gate == "fail":
+            return shortfall
+        log.warning("%s", shortfall)
+        result.message = f"{result.message}; {shortfall}" if result.message else shortfall
+        return None
 
     def _release(self, name: str) -> None:
         """Forget a stage's in-memory model: it reloads from its folder (the baseline from its source)."""
@@ -394,7 +480,9 @@ class Runner:
         ctx = self._context(key)
         started = time.perf_counter()
         try:
-            with self._peak_memory() as memory, atomic_directory(stage_dir / "artifact") as tmp:
+            # The deploy sample feeds what the model was evaluated on: sentence pairs for a pair model.
+            pairs = self.data.eval.pairs is not None
+            with self._peak_memory() as memory, atomic_directory(stage_dir / "artifact") as tmp, sample_inputs(pairs):
                 exporter.export(handle, ctx, tmp)
             result = result.model_copy(update=memory)
             result.duration_s = time.perf_counter() - started
@@ -444,6 +532,25 @@ def _lazy_load(model_dir: Path, device: torch.device) -> Callable[[], ModelHandl
         return handle
 
     return load
+
+
+def _resolved_or_none(recipe: Recipe) -> dict | None:
+    try:
+        return resolved_recipe(recipe)
+    except (TypeError, ValueError) as exc:  # a plugin step whose config holds something JSON cannot (pydantic's)
+        log.warning("report: the recipe cannot be written out in full (%s); report.json keeps its name only", exc)
+        return None
+
+
+def _read_previous_report(output_dir: Path) -> RunReport | None:
+    from compress.report.json import read_report
+
+    if not (output_dir / "report.json").is_file():
+        return None
+    try:
+        return read_report(output_dir)
+    except CompressError:  # unreadable or from an incompatible version: this run rewrites it anyway
+        return None
 
 
 def _delta(result: StageResult, reference: StageResult) -> float | None:

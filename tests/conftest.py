@@ -100,6 +100,24 @@ def tiny_llama(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
     return make_tiny_llama(tiny_tokenizer)
 
 
+@pytest.fixture
+def model_dir(tiny_bert: ModelHandle, tmp_path: Path) -> Path:
+    """tiny_bert saved as a transformers folder (a recipe's `model.source`)."""
+    path = tmp_path / "tiny-model"
+    tiny_bert.model.save_pretrained(path)
+    tiny_bert.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    """The first 48 rows of SST-2 dev, with its header, as one TSV file."""
+    lines = (SST2_DIR / "dev.tsv").read_text().splitlines()[:49]
+    path = tmp_path / "dev.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -14,28 +14,11 @@ import pytest
 import compress as cx
 from compress.cache import MANIFEST_FILE, StageStore
 from compress.export.onnx import OnnxExporter
-from compress.models.handle import ModelHandle
 from compress.runner import RunResult
 from compress.steps.distill.step import Distill
 from compress.steps.truncate import Truncate
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def model_dir(tiny_bert: ModelHandle, tmp_path: Path) -> Path:
-    path = tmp_path / "tiny-model"
-    tiny_bert.model.save_pretrained(path)
-    tiny_bert.tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    lines = (REPO / "evals/data/sst2/dev.tsv").read_text().splitlines()[:49]
-    path = tmp_path / "dev.tsv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def make_recipe(model_dir: Path, data: str | dict[str, str], steps: list, exports: list | None = None) -> cx.Recipe:

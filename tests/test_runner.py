@@ -20,23 +20,6 @@ from compress.runtime.torch import TorchRuntime
 from compress.steps.base import StageContext, Step, StepConfig
 
 
-@pytest.fixture
-def model_dir(tiny_bert, tmp_path) -> Path:
-    path = tmp_path / "tiny-model"
-    tiny_bert.model.save_pretrained(path)
-    tiny_bert.tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def data_file(tmp_path) -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    lines = (repo / "evals/data/sst2/dev.tsv").read_text().splitlines()[:49]
-    path = tmp_path / "dev.tsv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def make_recipe(model_dir: Path, data_file: Path, steps, **kwargs) -> cx.Recipe:
     return cx.Recipe(
         model=cx.ModelSpec(str(model_dir)),

@@ -79,10 +79,13 @@ def bench_command(
     from compress.bench.run import BenchSpec, bench
     from compress.config import DataSpec
     from compress.data.provider import DataProvider
+    from compress.tasks import get_task, task_names
 
+    # Only the texts are measured: read them as a task that reads no labels does (no label column needed).
+    unlabelled = next(name for name in task_names() if not get_task(name).reads_labels)
     texts = DataProvider(
         DataSpec(path=data, text=text, text_pair=text_pair, split=split, limit=limit, label=None),
-        task or "text-classification",
+        unlabelled,
         Path.cwd(),
         seed=0,
     ).eval

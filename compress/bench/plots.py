@@ -21,8 +21,11 @@ def throughput_vs_p99(runs: Iterable[BenchResults]) -> str | None:
     stars: dict[str, Point] = {}
     limits: set[float] = set()
     for run in runs:
-        for point in run.points:
-            series.setdefault(series_key(run.machine_name, point), []).append(point)
+        # The sweep's points and the SLA search's probes lie on one curve per series (one point per batch size).
+        for point in [*run.points, *(probe for found in run.sla for probe in found.probes)]:
+            line = series.setdefault(series_key(run.machine_name, point), [])
+            if all(p.batch_size != point.batch_size for p in line):
+                line.append(point)
         for found in run.sla:
             limits.add(found.sla_p99_ms)
             if found.best is not None:

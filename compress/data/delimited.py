@@ -26,7 +26,8 @@ from pathlib import Path
 import datasets
 
 from compress.config import DataSpec
-from compress.errors import DataError
+from compress.data.fields import EVAL_FLAGS, setting
+from compress.errors import DataError, clip
 
 SNIFF_ROWS = 100
 
@@ -47,7 +48,7 @@ def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str,
         raise DataError(f"{path} is empty", where=field, fix="point at a file with a header row and data rows")
     first = rows[0]
     header = spec.header if spec.header is not None else first_row_is_header(rows, spec, needed)
-    detected = "" if spec.header is not None else f"; header detected, set {where}.header to override"
+    how = _header_note(spec.header, header, where)
     if header and len(rows) == 1:
         raise DataError(
             f"{path} has a header row but no data rows", where=field, fix="point at a file that has data rows"
@@ -55,23 +56,24 @@ def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str,
     if spec.columns is not None:
         if len(spec.columns) != len(first):
             raise DataError(
-                f"{path} has {len(first)} columns per row but {len(spec.columns)} names are given: {spec.columns}",
+                f"{path} has {len(first)} columns per row but {len(spec.columns)} names are given: "
+                f"{clip(str(spec.columns))}",
                 where=f"{where}.columns",
-                fix=f"give exactly {len(first)} names in {where}.columns, one per column in file order",
+                fix=f"give exactly {len(first)} names in {setting(f'{where}.columns')}, one per column in file order",
             )
         names = list(spec.columns)
-        note = f"names from {where}.columns, the first row read as {'a header' if header else 'data'}{detected}"
+        note = f"names from {where}.columns, the first row read as {'a header' if header else 'data'}{how}"
     elif header:
         names = [cell.strip() for cell in first]
-        note = f"names from the file's header row{detected}"
+        note = f"names from the file's header row{how}"
     else:
         names = [f"column{i + 1}" for i in range(len(first))]
-        note = f"the file has no header row, so columns are named by position{detected}"
+        note = f"columns named by position: column1, column2, ...{how}"
     if len(set(names)) != len(names):
         raise DataError(
-            f"{path} has repeated column names: {names}",
+            f"{path} has repeated column names: {clip(str(names))}",
             where=f"{where}.columns",
-            fix=f"give unique names in {where}.columns (and set {where}.header)",
+            fix=f"give unique names in {setting(f'{where}.columns')} (and set {setting(f'{where}.header')})",
         )
     features = datasets.Features({name: datasets.Value("string") for name in names})
     try:
@@ -89,6 +91,19 @@ def read_delimited(path: Path, spec: DataSpec, needed: list[str], *, field: str,
     except Exception as exc:  # pandas/arrow raise many types for malformed files; all mean "fix the file"
         raise unreadable(path, field, exc) from exc
     return DelimitedFile(dataset, note)
+
+
+def _header_note(given: bool | None, header: bool, where: str) -> str:
+    """Says whether the header row was set or detected and, when detected, how to override a wrong guess."""
+    field = f"{where}.header"
+    if given is not None:
+        return f" ({field}: {'true' if given else 'false'})"
+    on_eval = field in EVAL_FLAGS  # the recipe's own data section; `compress eval` has flags for it
+    if header:
+        flag = " (compress eval: --no-header)" if on_eval else ""
+        return f"; the first row was detected as a header: if it is data, set {field}: false{flag}"
+    flag = " (compress eval: --header)" if on_eval else ""
+    return f"; no header row was detected, so the first row is data: if it names the columns, set {field}: true{flag}"
 
 
 def first_row_is_header(rows: list[list[str]], spec: DataSpec, needed: list[str]) -> bool:

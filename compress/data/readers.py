@@ -1,8 +1,8 @@
 """Find and read one split of the user's data as a Hugging Face `datasets.Dataset`.
 
 `data.path` may be:
-  * one file (csv, tsv, json, jsonl, parquet, txt, raw): it serves whichever split is asked, so a recipe
-    that points at a single file evaluates and trains on the same rows unless it gives a mapping;
+  * one file (csv, tsv, json, jsonl, parquet, txt, raw): it serves whichever split is asked (`shared`), so
+    training on it needs `data.split_ratio`, which holds part of it out for evaluation (`compress.data.load`);
   * a mapping of split name → file: the file for the asked split;
   * a directory written by `datasets.save_to_disk`: a DatasetDict gives the asked split, a single Dataset
     serves every split;
@@ -14,7 +14,8 @@ WikiText layout, so perplexities match published numbers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -41,6 +42,8 @@ class RawSplit:
     dataset: datasets.Dataset
     source: str  # the file, directory or hub name that was read
     note: str = ""  # how column names were found, for error messages
+    field: str = "data.path"  # the YAML path that named it: data.path, or data.path.<split> in a mapping
+    shared: bool = False  # the same rows serve every split (one file, or a saved single Dataset)
 
 
 def read_split(spec: DataSpec, split: str, needed: list[str], base_dir: Path | None, where: str) -> RawSplit:
@@ -54,7 +57,7 @@ def read_split(spec: DataSpec, split: str, needed: list[str], base_dir: Path | N
         path = user_path(spec.path[split], f"{where}.path.{split}", base_dir)
         if not path.exists():
             raise _not_found(path, f"{where}.path.{split}")
-        return _read_local(path, spec, split, needed, f"{where}.path.{split}", where)
+        return replace(_read_local(path, spec, split, needed, f"{where}.path.{split}", where), shared=False)
     path = user_path(spec.path, f"{where}.path", base_dir)
     if path.exists():
         return _read_local(path, spec, split, needed, f"{where}.path", where)
@@ -63,9 +66,41 @@ def read_split(spec: DataSpec, split: str, needed: list[str], base_dir: Path | N
     return _read_hub(spec, split, path, where)
 
 
+def has_own_rows(spec: DataSpec, split: str, base_dir: Path | None, where: str = "data") -> bool:
+    """Whether `data.path` gives `split` rows apart from the evaluation split's: a mapping entry naming another
+    file, or another split of a saved DatasetDict. One file or a saved single Dataset serves every split the same
+    rows; a hub dataset's splits are not known without loading them, so False (its ClassLabel names the classes)."""
+    if split == spec.split:
+        return False
+    if isinstance(spec.path, dict):
+        if split not in spec.path:
+            return False
+        own = user_path(spec.path[split], f"{where}.path.{split}", base_dir)
+        evaluated = spec.path.get(spec.split)
+        return evaluated is None or own.resolve() != user_path(evaluated, f"{where}.path", base_dir).resolve()
+    path = user_path(spec.path, f"{where}.path", base_dir)
+    marker = path / "dataset_dict.json"
+    if not marker.is_file():
+        return False
+    try:
+        splits = json.loads(marker.read_text(encoding="utf-8")).get("splits", [])
+    except (OSError, ValueError, AttributeError):  # a damaged save: reading the split will say what is wrong
+        return False
+    return split in splits
+
+
+def same_file(spec: DataSpec, split: str, base_dir: Path | None, where: str = "data") -> bool:
+    """Whether a path mapping names the evaluation split's file for `split` too (the same rows twice)."""
+    if not isinstance(spec.path, dict) or split == spec.split or split not in spec.path or spec.split not in spec.path:
+        return False
+    own = user_path(spec.path[split], f"{where}.path.{split}", base_dir)
+    return own.resolve() == user_path(spec.path[spec.split], f"{where}.path.{spec.split}", base_dir).resolve()
+
+
 def _read_local(path: Path, spec: DataSpec, split: str, needed: list[str], field: str, where: str) -> RawSplit:
     if path.is_dir():
-        return RawSplit(_read_saved(path, split, field, where), str(path))
+        dataset, shared = _read_saved(path, split, field, where)
+        return RawSplit(dataset, str(path), field=field, shared=shared)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(
@@ -77,7 +112,7 @@ def _read_local(path: Path, spec: DataSpec, split: str, needed: list[str], field
         raise DataError(f"{path} is empty", where=field, fix="point at a file that has data rows")
     if reader == "csv":
         delimited = read_delimited(path, spec, needed, field=field, where=where)
-        return RawSplit(delimited.dataset, str(path), delimited.note)
+        return RawSplit(delimited.dataset, str(path), delimited.note, field=field, shared=True)
     options = {"keep_linebreaks": True} if reader == "text" else {}
     try:
         dataset = datasets.load_dataset(reader, data_files={"rows": str(path)}, split="rows", **options)
@@ -86,11 +121,12 @@ def _read_local(path: Path, spec: DataSpec, split: str, needed: list[str], field
     if reader == "text":
         lines = [line if line.strip() else "" for line in dataset["text"]]
         note = "plain-text files have one column, holding each line"
-        return RawSplit(datasets.Dataset.from_dict({spec.text: lines}), str(path), note)
-    return RawSplit(dataset, str(path))
+        return RawSplit(datasets.Dataset.from_dict({spec.text: lines}), str(path), note, field=field, shared=True)
+    return RawSplit(dataset, str(path), field=field, shared=True)
 
 
-def _read_saved(path: Path, split: str, field: str, where: str) -> datasets.Dataset:
+def _read_saved(path: Path, split: str, field: str, where: str) -> tuple[datasets.Dataset, bool]:
+    """The split's rows, and whether they serve every split (a single saved Dataset)."""
     if not any((path / marker).exists() for marker in SAVED_DATASET_MARKERS):
         raise DataError(
             f"{path} is a directory but not a dataset saved with datasets.save_to_disk "
@@ -109,8 +145,8 @@ def _read_saved(path: Path, split: str, field: str, where: str) -> datasets.Data
                 where=field,
                 fix=f"set {where}.split (or {where}.train_split) to one of those splits",
             )
-        return saved[split]
-    return saved
+        return saved[split], False
+    return saved, True
 
 
 def _read_hub(spec: DataSpec, split: str, local: Path, where: str) -> RawSplit:
@@ -142,7 +178,7 @@ def _read_hub(spec: DataSpec, split: str, local: Path, where: str) -> RawSplit:
             where=f"{where}.split",
             fix=f"set {where}.split to a single split name",
         )
-    return RawSplit(dataset, name)
+    return RawSplit(dataset, name, field=f"{where}.path")
 
 
 def _not_found(path: Path, field: str) -> DataError:

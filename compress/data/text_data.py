@@ -15,6 +15,7 @@ class TextData:
     label_names: list[str] | None = None
     source: str = ""
     split: str = ""
+    note: str = ""  # how the rows were chosen from the source, for the log (e.g. a held-out part); not hashed
 
     def __post_init__(self) -> None:
         for name, column in (("pairs", self.pairs), ("labels", self.labels)):
@@ -34,6 +35,7 @@ class TextData:
             label_names=self.label_names,
             source=self.source,
             split=self.split,
+            note=self.note,
         )
 
     def fingerprint(self) -> str:

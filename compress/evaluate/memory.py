@@ -120,4 +120,3 @@ class _NvmlProcess:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # shutting NVML down must not fail an evaluation either
             self._nvml.nvmlShutdown()
-

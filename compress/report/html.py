@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from html import escape
 
 from compress.report.plots import all_plots
+from compress.report.sections import (
+    TextTable,
+    classification_tables,
+    confusion_omitted,
+    contention_note,
+    dataset_items,
+    detail_stages,
+    load_item,
+    timing_items,
+)
 from compress.report.table import (
     STEP_MEMORY_NOTE,
     batch_sizes_of,
-    fmt_number,
-    has_sparsity,
     has_step_memory,
     problem_stages,
     reference_stage,
+    stage_headers,
     status_text,
-    table_headers,
     table_rows,
 )
 from compress.result import RunReport, StageResult
@@ -27,6 +36,11 @@ h1 { font-size: 1.6rem; margin-bottom: .3rem; } h2 { font-size: 1.2rem; margin-t
      border-bottom: 1px solid #dde2ea; padding-bottom: .2rem; }
 .meta { color: #4d5566; margin: 0; } .meta b { color: #1d2330; }
 .stopped { background: #fff4e5; border-left: 4px solid #e67e22; padding: .5rem .8rem; margin: 1rem 0; }
+.contention { background: #fdf6d8; border-left: 4px solid #c9a200; padding: .5rem .8rem; margin: 1rem 0;
+              font-size: .9rem; }
+h3 { font-size: 1rem; margin: 1.2rem 0 .4rem; }
+table.compact { width: auto; } table.compact td.num { min-width: 3.5rem; }
+td.diagonal { background: #e3f4ea; font-weight: 600; }
 dl.env { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; font-size: .9rem; }
 dl.env dt { font-weight: 600; }
 dl.env dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace; }
@@ -54,7 +68,7 @@ figcaption { color: #4d5566; font-size: .85rem; margin-top: .3rem; }
 def html_table(stages: list[StageResult]) -> str:
     sizes = batch_sizes_of(stages)
     reference = reference_stage(stages)
-    headers = table_headers(sizes, step_memory=has_step_memory(stages), sparsity=has_sparsity(stages))
+    headers = stage_headers(stages, sizes)
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for stage, row in zip(stages, table_rows(stages, sizes), strict=True):
@@ -78,12 +92,18 @@ def render_html(report: RunReport) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>compress report: {escape(report.recipe)}</title><style>{STYLE}</style></head><body>",
         f"<h1>compress report: {escape(report.recipe)}</h1>",
-        f'<p class="meta"><b>Date</b> {escape(report.created)} · <b>Total time</b> '
-        f"{escape(fmt_number(report.total_duration_s))} s · <b>Output</b> {escape(report.output_dir)}</p>",
+        f'<p class="meta"><b>Date</b> {escape(report.created)} · <b>Output</b> {escape(report.output_dir)}</p>',
     ]
-    parts.append(f"<details><summary>Environment</summary>{_environment(report.environment)}</details>")
+    items = [*timing_items(report), *filter(None, [load_item(report)])]
+    parts.append('<p class="meta">' + " · ".join(f"<b>{escape(k)}</b> {escape(v)}" for k, v in items) + "</p>")
+    parts.append(f"<details><summary>Environment</summary>{_definitions(report.environment.items())}</details>")
+    if report.dataset is not None:
+        parts.append(f"<details open><summary>Data</summary>{_definitions(dataset_items(report.dataset))}</details>")
     if report.stopped:
         parts.append(f'<div class="stopped"><b>Stopped early:</b> {escape(report.stopped)}</div>')
+    note = contention_note(report)
+    if note:
+        parts.append(f'<div class="contention"><b>Measured under contention.</b> {escape(note)}</div>')
     parts += ["<h2>Stages</h2>", html_table(report.stages)]
     ref_name = escape(reference.name) if reference is not None else "none (no stage was timed)"
     parts.append(
@@ -103,6 +123,8 @@ def render_html(report: RunReport) -> str:
                 f"<li><b>{escape(stage.name)}</b> ({escape(stage.kind)}, {escape(status_text(stage))}): {message}</li>"
             )
         parts.append("</ul>")
+    if report.classification is not None:
+        parts += _classification(report)
     charts = all_plots(report.stages)
     if charts:
         parts.append("<h2>Charts</h2>")
@@ -113,9 +135,42 @@ def render_html(report: RunReport) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _environment(environment: dict[str, object]) -> str:
+def _definitions(items: Iterable[tuple[str, object]]) -> str:
     rows = []
-    for key, value in environment.items():
+    for key, value in items:
         shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
         rows.append(f"<dt>{escape(str(key))}</dt><dd>{escape(shown)}</dd>")
     return f'<dl class="env">{"".join(rows)}</dl>'
+
+
+def _classification(report: RunReport) -> list[str]:
+    assert report.classification is not None
+    labels = ", ".join(report.classification.label_names)
+    parts = [
+        "<h2>Per-class figures</h2>",
+        f'<p class="note">Labels (in id order): {escape(labels)}. Computed from each stage\'s predictions.</p>',
+    ]
+    for table in classification_tables(report.classification, detail_stages(report)):
+        parts += [f"<h3>{escape(table.title)}</h3>", _text_table(table)]
+    omitted = confusion_omitted(report.classification)
+    if omitted:
+        parts.append(f'<p class="note">{escape(omitted)}</p>')
+    return parts
+
+
+def _text_table(table: TextTable) -> str:
+    confusion = table.confusion
+    head = "".join(f"<th>{escape(h)}</th>" for h in table.headers)
+    body = []
+    for r, row in enumerate(table.rows):
+        cells = []
+        for c, text in enumerate(row):
+            if c < table.numeric_from:
+                cells.append(f"<th>{escape(text)}</th>" if confusion else f"<td>{escape(text)}</td>")
+                continue
+            # The diagonal of a confusion matrix is the correctly classified rows.
+            kind = "num diagonal" if confusion and c - table.numeric_from == r else "num"
+            cells.append(f'<td class="{kind}">{escape(text)}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    inner = f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+    return f'<div class="table-wrap"><table class="compact">{inner}</table></div>'

@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from compress.report.sections import (
+    TextTable,
+    classification_tables,
+    confusion_omitted,
+    contention_note,
+    dataset_items,
+    detail_stages,
+    load_item,
+    timing_items,
+)
 from compress.report.table import (
     STEP_MEMORY_NOTE,
     batch_sizes_of,
-    fmt_number,
-    has_sparsity,
     has_step_memory,
     problem_stages,
     reference_stage,
+    stage_headers,
     status_text,
-    table_headers,
     table_rows,
 )
 from compress.result import RunReport, StageResult
@@ -32,13 +40,19 @@ def md_escape(text: str) -> str:
 def stage_table(stages: list[StageResult], batch_sizes: list[int] | None = None) -> str:
     """A Markdown table with one row per stage (columns: see `compress.report.table.table_headers`)."""
     sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
-    headers = table_headers(sizes, step_memory=has_step_memory(stages), sparsity=has_sparsity(stages))
+    headers = stage_headers(stages, sizes)
+    rows = [[cell.text for cell in row] for row in table_rows(stages, sizes)]
+    return md_table(headers, rows, numeric_from=4)
+
+
+def md_table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    """A GitHub Markdown table; columns from `numeric_from` on are right-aligned (figures)."""
     lines = [
         "| " + " | ".join(md_escape(h) for h in headers) + " |",  # "max |Δlogit|" must not split a column
-        "|" + "|".join("---:" if i >= 4 else "---" for i in range(len(headers))) + "|",
+        "|" + "|".join("---:" if i >= numeric_from else "---" for i in range(len(headers))) + "|",
     ]
-    for row in table_rows(stages, sizes):
-        lines.append("| " + " | ".join(md_escape(cell.text) for cell in row) + " |")
+    for row in rows:
+        lines.append("| " + " | ".join(md_escape(cell) for cell in row) + " |")
     return "\n".join(lines)
 
 
@@ -57,20 +71,42 @@ def render_markdown(report: RunReport) -> str:
         "",
         f"- **Date**: {md_escape(report.created)}",
         f"- **Output**: {md_escape(report.output_dir)}",
-        f"- **Total time**: {fmt_number(report.total_duration_s)} s",
     ]
+    items = [*timing_items(report), *filter(None, [load_item(report)])]
+    lines += [f"- **{label}**: {md_escape(text)}" for label, text in items]
     if report.stopped:
         lines.append(f"- **Stopped early**: {md_escape(report.stopped)}")
-    lines += ["", "## Environment", "", *environment_lines(report.environment), "", "## Stages", ""]
-    lines.append(stage_table(report.stages))
+    lines += ["", "## Environment", "", *environment_lines(report.environment)]
+    if report.dataset is not None:
+        lines += ["", "## Data", ""]
+        lines += [f"- **{label}**: {md_escape(text)}" for label, text in dataset_items(report.dataset)]
+    lines += ["", "## Stages", "", stage_table(report.stages)]
     lines += ["", _reading_guide(reference) + (f" {STEP_MEMORY_NOTE}" if has_step_memory(report.stages) else "")]
+    note = contention_note(report)
+    if note:
+        lines += ["", f"> **Measured under contention.** {md_escape(note)}"]
     problems = problem_stages(report.stages)
     if problems:
         lines += ["", "## Needs attention", ""]
         for stage in problems:
             message = md_escape(stage.message) if stage.message else "no message recorded"
             lines.append(f"- **{md_escape(stage.name)}** ({stage.kind}, {status_text(stage)}): {message}")
+    if report.classification is not None:
+        lines += ["", *_classification_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def _classification_lines(report: RunReport) -> list[str]:
+    assert report.classification is not None
+    labels = ", ".join(md_escape(name) for name in report.classification.label_names)
+    lines = ["## Per-class figures", "", f"Labels (in id order): {labels}. Computed from each stage's predictions."]
+    tables: list[TextTable] = classification_tables(report.classification, detail_stages(report))
+    for table in tables:
+        lines += ["", f"### {md_escape(table.title)}", "", md_table(table.headers, table.rows, table.numeric_from)]
+    omitted = confusion_omitted(report.classification)
+    if omitted:
+        lines += ["", md_escape(omitted)]
+    return lines
 
 
 def _reading_guide(reference: StageResult | None) -> str:

@@ -102,7 +102,24 @@ def has_sparsity(stages: list[StageResult]) -> bool:
     return any(stage.sparsity and stage.sparsity.get("overall", 0) >= 0.01 for stage in stages)
 
 
-def table_headers(batch_sizes: list[int], *, step_memory: bool = False, sparsity: bool = False) -> list[str]:
+def extra_metric_names(stages: list[StageResult]) -> list[str]:
+    """Every metric a stage has besides its primary one (`evaluate.extra_metrics`, the task's throughput
+    figures), in the order they first appear: one table column each."""
+    names: dict[str, None] = {}
+    for stage in stages:
+        for name in stage.metrics:
+            if name != stage.primary_metric:
+                names.setdefault(name)
+    return list(names)
+
+
+def table_headers(
+    batch_sizes: list[int],
+    *,
+    step_memory: bool = False,
+    sparsity: bool = False,
+    extra_metrics: list[str] | None = None,
+) -> list[str]:
     per_batch: list[str] = []
     for bs in batch_sizes:
         per_batch += [f"bs{bs} P50 / P95 / P99 ms", f"bs{bs} samples/s (speedup)"]
@@ -112,6 +129,7 @@ def table_headers(batch_sizes: list[int], *, step_memory: bool = False, sparsity
         "Status",
         "Runtime / device",
         "Primary metric (Δ vs ref)",
+        *(extra_metrics or []),
         *per_batch,
         "Size MB",
         *(["Sparsity"] if sparsity else []),
@@ -122,12 +140,22 @@ def table_headers(batch_sizes: list[int], *, step_memory: bool = False, sparsity
     ]
 
 
+def stage_headers(stages: list[StageResult], batch_sizes: list[int]) -> list[str]:
+    """The headers of the table `table_rows(stages, batch_sizes)` fills."""
+    return table_headers(
+        batch_sizes,
+        step_memory=has_step_memory(stages),
+        sparsity=has_sparsity(stages),
+        extra_metrics=extra_metric_names(stages),
+    )
+
+
 def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) -> list[list[Cell]]:
-    """One row of cell texts per stage, in the order of `table_headers(sizes, step_memory=has_step_memory(stages),
-    sparsity=has_sparsity(stages))`."""
+    """One row of cell texts per stage, in the order of `stage_headers(stages, sizes)`."""
     sizes = batch_sizes if batch_sizes is not None else batch_sizes_of(stages)
     step_memory = has_step_memory(stages)
     sparsity = has_sparsity(stages)
+    extras = extra_metric_names(stages)
     reference = reference_stage(stages)
     rows = []
     for stage in stages:
@@ -137,6 +165,7 @@ def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) 
             Cell(status_text(stage)),
             Cell(_runtime_text(stage)),
             Cell(_metric_text(stage), numeric=True),
+            *(Cell(_extra_metric_text(stage.metrics.get(name)), numeric=True) for name in extras),
         ]
         for bs in sizes:
             row += _latency_cells(stage, reference, bs)
@@ -150,6 +179,13 @@ def table_rows(stages: list[StageResult], batch_sizes: list[int] | None = None) 
         ]
         rows.append(row)
     return rows
+
+
+def _extra_metric_text(value: float | None) -> str:
+    # Quality metrics (f1, mcc) keep the primary metric's four decimals; throughput figures read best as such.
+    if value is None:
+        return "–"
+    return fmt_metric(value) if abs(value) < 10 else fmt_number(value)
 
 
 def _sparsity_text(stage: StageResult) -> str:

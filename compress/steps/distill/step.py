@@ -45,6 +45,7 @@ class Distill(Step):
     name: ClassVar[str] = "distill"
     Config = DistillConfig
     config: DistillConfig
+
     def cache_key(self) -> dict[str, Any]:
         """The stage key holds the bytes of every file the step reads, not only their names: a cached stage is
         reused without `apply` running, so an edited unlabeled file or a retrained local teacher must change it."""

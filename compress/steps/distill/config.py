@@ -98,6 +98,18 @@ class DistillConfig(StepConfig, TrainSettings):
         0.0, description="Weight of attention-map transfer between mapped layers (teacher runs every step)."
     )
     attention_loss: Literal["mse", "kl"] = Field("mse", description="How attention maps are compared.")
+    alpha_relations: NonNegativeFloat = Field(
+        0.0,
+        description="Weight of MiniLMv2's self-attention relation loss: Q-Q, K-K and V-V relations of the "
+        "student's last layer against `relation_layer` of the teacher (teacher runs every step; widths and head "
+        "counts may differ).",
+    )
+    relation_heads: PositiveInt = Field(
+        12, description="Relation heads the projections are split into; must divide both models' widths."
+    )
+    relation_layer: int = Field(
+        -1, description="Teacher layer the relations come from (0-based; negative counts from the end)."
+    )
     unlabeled: str | None = Field(
         None,
         description="Extra text (.txt one per line, .jsonl/.json/.csv/.tsv) learned from teacher logits.",
@@ -119,6 +131,8 @@ class DistillConfig(StepConfig, TrainSettings):
 
     @model_validator(mode="after")
     def _some_loss(self) -> DistillConfig:
-        if self.alpha_kd + self.alpha_ce + self.alpha_hidden + self.alpha_attn == 0:
-            raise ValueError("all loss weights are zero: set alpha_kd (and/or alpha_ce, alpha_hidden, alpha_attn)")
+        if self.alpha_kd + self.alpha_ce + self.alpha_hidden + self.alpha_attn + self.alpha_relations == 0:
+            raise ValueError(
+                "all loss weights are zero: set alpha_kd (and/or alpha_ce, alpha_hidden, alpha_attn, alpha_relations)"
+            )
         return self

@@ -92,3 +92,40 @@ def attention_transfer(
         weights = query_mask.expand_as(per_query)
         losses.append((per_query * weights).sum() / weights.sum().clamp(min=1))
     return torch.stack(losses).mean()
+
+
+def self_attention_relations(
+    student_qkv: Sequence[torch.Tensor],
+    teacher_qkv: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    relation_heads: int,
+) -> torch.Tensor:
+    """MiniLMv2's multi-head self-attention relation loss (Wang et al. 2021).
+
+    For the queries, keys and values of one student and one teacher layer ((batch, seq, width) each; the widths
+    and head counts may differ), split into `relation_heads` heads: the relation softmax(X Xᵀ / √d) per head,
+    compared as KL(teacher ‖ student) per query row, padding masked, averaged over Q-Q, K-K, V-V and the heads.
+    Relations are seq × seq, so a narrower student needs no projection.
+    """
+    keep = attention_mask.bool()
+    padded_keys = ~keep[:, None, None, :]  # (batch, 1, 1, key)
+    weights = keep[:, None, :].float()  # (batch, 1, query)
+    losses = []
+    for student, teacher in zip(student_qkv, teacher_qkv, strict=True):
+        log_s = _relations(student, relation_heads, padded_keys)
+        log_t = _relations(teacher, relation_heads, padded_keys)
+        per_query = (log_t.exp() * (log_t - log_s)).sum(-1)  # (batch, heads, query)
+        mask = weights.expand_as(per_query)
+        losses.append((per_query * mask).sum() / mask.sum().clamp(min=1))
+    return torch.stack(losses).mean()
+
+
+def _relations(x: torch.Tensor, heads: int, padded_keys: torch.Tensor) -> torch.Tensor:
+    batch, seq, width = x.shape
+    if width % heads:
+        raise ValueError(f"relation_heads {heads} must divide the projection width {width}")
+    size = width // heads
+    split = x.float().view(batch, seq, heads, size).transpose(1, 2)  # (batch, heads, seq, size)
+    scores = split @ split.transpose(-1, -2) / size**0.5
+    # A large finite value, not -inf: masked entries must give exp() = 0 and a finite log difference.
+    return F.log_softmax(scores.masked_fill(padded_keys, -1e9), dim=-1)

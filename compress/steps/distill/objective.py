@@ -6,16 +6,19 @@ projection too; the teacher stays outside, frozen.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from compress.steps.distill.capture import captured_qkv
 from compress.steps.distill.losses import (
     AttentionLoss,
     attention_transfer,
     hard_label_ce,
     hidden_state_mse,
+    self_attention_relations,
     soft_target_kl,
     uniform_layer_map,
 )
@@ -27,6 +30,7 @@ class LossWeights:
     ce: float = 0.5
     hidden: float = 0.0
     attention: float = 0.0
+    relations: float = 0.0
 
 
 @dataclass
@@ -34,6 +38,7 @@ class TeacherOutputs:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    qkv: list[torch.Tensor] | None = None  # one layer's query, key and value projections (relation loss)
 
 
 class DistillationObjective(torch.nn.Module):
@@ -44,10 +49,12 @@ class DistillationObjective(torch.nn.Module):
         weights: LossWeights,
         temperature: float,
         attention_loss: AttentionLoss = "mse",
+        relation_heads: int = 12,
     ) -> None:
         super().__init__()
         self.student = student
         self.weights = weights
+        self.relation_heads = relation_heads
         self.temperature = temperature
         self.attention_loss = attention_loss
         self.layer_map = uniform_layer_map(
@@ -60,9 +67,10 @@ class DistillationObjective(torch.nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, teacher: TeacherOutputs) -> torch.Tensor:
         w = self.weights
-        out = self.student(
-            **inputs, output_hidden_states=w.hidden > 0, output_attentions=w.attention > 0, return_dict=True
-        )
+        with captured_qkv(self.student, -1) if w.relations > 0 else contextlib.nullcontext([]) as student_qkv:
+            out = self.student(
+                **inputs, output_hidden_states=w.hidden > 0, output_attentions=w.attention > 0, return_dict=True
+            )
         loss = w.kd * soft_target_kl(out.logits, teacher.logits, self.temperature)
         if w.ce > 0:
             loss = loss + w.ce * hard_label_ce(out.logits, labels)
@@ -83,5 +91,10 @@ class DistillationObjective(torch.nn.Module):
                 self.layer_map,
                 inputs["attention_mask"],
                 self.attention_loss,
+            )
+        if w.relations > 0:
+            assert teacher.qkv is not None
+            loss = loss + w.relations * self_attention_relations(
+                student_qkv, teacher.qkv, inputs["attention_mask"], self.relation_heads
             )
         return loss

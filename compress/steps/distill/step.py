@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ from compress.models.load import load_model
 from compress.models.source import PYPI_PREFIX
 from compress.steps.base import StageContext, Step
 from compress.steps.distill.augment import augment_texts, nearest_neighbours, replaceable_words
+from compress.steps.distill.capture import captured_qkv, qkv_widths
 from compress.steps.distill.config import (
     AugmentSettings,
     DistillConfig,
@@ -72,12 +74,13 @@ class Distill(Step):
         student.requires_grad_(True)  # a student copied from the teacher inherits its frozen flags
         student.get_input_embeddings().requires_grad_(not cfg.freeze_embeddings)
         data = self._training_data(ctx, teacher, teacher_handle.tokenizer, seed)
-        online = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0
+        online = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0 or cfg.alpha_relations > 0
         if online and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher_handle.tokenizer):
             raise ConfigError(
-                "hidden-state and attention transfer need the student to share the teacher's tokenizer",
+                "hidden-state, attention and relation transfer need the student to share the teacher's tokenizer",
                 where="steps.distill.student.source",
-                fix="set alpha_hidden and alpha_attn to 0, or use a student with the teacher's vocabulary",
+                fix="set alpha_hidden, alpha_attn and alpha_relations to 0, or use a student with the teacher's "
+                "vocabulary",
             )
         attn_implementation = student.config._attn_implementation
         teacher_attn_implementation = teacher.config._attn_implementation
@@ -89,17 +92,21 @@ class Distill(Step):
         objective = DistillationObjective(
             student,
             teacher.config,
-            LossWeights(cfg.alpha_kd, cfg.alpha_ce, cfg.alpha_hidden, cfg.alpha_attn),
+            LossWeights(cfg.alpha_kd, cfg.alpha_ce, cfg.alpha_hidden, cfg.alpha_attn, cfg.alpha_relations),
             cfg.temperature,
             cfg.attention_loss,
+            cfg.relation_heads,
         )
+        relation_layer = cfg.relation_layer if cfg.alpha_relations > 0 else None
+        if relation_layer is not None:
+            check_relation_heads(student, teacher, relation_layer, cfg.relation_heads)
 
         def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             inputs = forward_inputs(student, batch)
             if cached is not None:
                 outputs = TeacherOutputs(cached[batch["index"].cpu()].to(batch["input_ids"].device))
             else:
-                outputs = run_teacher(teacher, inputs, cfg.alpha_hidden > 0, cfg.alpha_attn > 0)
+                outputs = run_teacher(teacher, inputs, cfg.alpha_hidden > 0, cfg.alpha_attn > 0, relation_layer)
             return module(inputs, batch["labels"], outputs)
 
         def evaluate(trained: torch.nn.Module) -> dict[str, float]:
@@ -249,12 +256,37 @@ def build_student(
     return loaded.model.float(), loaded.tokenizer
 
 
+def check_relation_heads(student: torch.nn.Module, teacher: torch.nn.Module, layer: int, heads: int) -> None:
+    """Before training: the relation heads must split every Q/K/V width, and the teacher must have that layer."""
+    teacher_layers = teacher.config.num_hidden_layers
+    if not -teacher_layers <= layer < teacher_layers:
+        raise ConfigError(
+            f"relation_layer {layer} is outside the teacher's {teacher_layers} layers",
+            where="steps.distill.relation_layer",
+            fix=f"use 0…{teacher_layers - 1}, or -1 for the last",
+        )
+    widths = sorted({*qkv_widths(student, -1), *qkv_widths(teacher, layer)})
+    if any(width % heads for width in widths):
+        raise ConfigError(
+            f"relation_heads {heads} does not divide the Q/K/V widths {widths}",
+            where="steps.distill.relation_heads",
+            fix="pick a divisor of every width (e.g. the greatest common divisor's factors)",
+        )
+
+
 @torch.no_grad()
 def run_teacher(
-    teacher: torch.nn.Module, inputs: dict[str, torch.Tensor], hidden: bool, attentions: bool
+    teacher: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    hidden: bool,
+    attentions: bool,
+    relation_layer: int | None = None,
 ) -> TeacherOutputs:
+    """The teacher's outputs the losses read; `relation_layer`: also that layer's Q, K, V projections."""
     device = inputs["input_ids"].device
     if next(teacher.parameters()).device != device:
         teacher.to(device)
-    out = teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
-    return TeacherOutputs(out.logits, out.hidden_states, out.attentions)
+    capture = captured_qkv(teacher, relation_layer) if relation_layer is not None else contextlib.nullcontext(None)
+    with capture as qkv:
+        out = teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions, return_dict=True)
+    return TeacherOutputs(out.logits, out.hidden_states, out.attentions, qkv)

@@ -27,7 +27,7 @@ from compress.config import DataSpec
 from compress.distributed import is_main_process
 from compress.io import atomic_write_bytes, atomic_write_text, user_path
 from compress.result import StageResult
-from compress.run_lock import LOCK_FILE
+from compress.run_lock import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -256,23 +256,5 @@ def _run_folder_free(run_dir: Path) -> Iterator[bool]:
     The lock held by this very process (its run is under way) counts as free: the leftovers are then its own past
     runs'. Without flock (Windows) runs are not guarded, so nothing counts as free.
     """
-    try:
-        import fcntl
-    except ImportError:
-        yield False
-        return
-    with (run_dir / LOCK_FILE).open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-        else:
-            holder = None
-        if holder is not None:
-            yield holder == str(os.getpid())
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with try_lock(run_dir) as attempt:
+        yield attempt.taken or (attempt.supported and attempt.holder == str(os.getpid()))

@@ -11,39 +11,62 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from compress.errors import ConfigError
 
 LOCK_FILE = ".lock"
 
 
+@dataclass
+class Attempt:
+    """The outcome of trying the lock: `taken` (held until the block ends), else `holder` (the pid text the
+    holder wrote; empty if unknown). Without flock (Windows) `supported` is False and nothing is taken."""
+
+    supported: bool
+    taken: bool = False
+    holder: str = ""
+    handle: IO[str] | None = None
+
+
 @contextlib.contextmanager
-def run_lock(output_dir: Path) -> Iterator[None]:
+def try_lock(output_dir: Path) -> Iterator[Attempt]:
+    """Try `<output_dir>/.lock` without waiting; held while the block runs if taken."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; runs are not guarded there
-        yield
+        yield Attempt(supported=False)
         return
     with (output_dir / LOCK_FILE).open("a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise ConfigError(
-                f"another compress run (pid {holder}) is using this run folder",
-                where=str(output_dir),
-                fix="wait for that run to finish, or give this one another --output folder",
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+            yield Attempt(supported=True, holder=handle.read().strip())
+            return
         try:
-            yield
+            yield Attempt(supported=True, taken=True, handle=handle)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path) -> Iterator[None]:
+    with try_lock(output_dir) as attempt:
+        if attempt.supported and not attempt.taken:
+            raise ConfigError(
+                f"another compress run (pid {attempt.holder or 'unknown'}) is using this run folder",
+                where=str(output_dir),
+                fix="wait for that run to finish, or give this one another --output folder",
+            )
+        if attempt.handle is not None:  # the holder's pid, for the error a second run shows
+            attempt.handle.seek(0)
+            attempt.handle.truncate()
+            attempt.handle.write(f"{os.getpid()}\n")
+            attempt.handle.flush()
+        yield
 
 
 @contextlib.contextmanager

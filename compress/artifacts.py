@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from compress.errors import ConfigError, clip
+from compress.export.base import METADATA_FILE as EXPORT_METADATA
+from compress.models.serialize import META_FILE as SAVED_MODEL_METADATA
 from compress.registry import RUNTIMES
 from compress.runtime.base import Runtime, RuntimeOptions
 
-EXPORT_METADATA = "compress-export.json"  # = compress.export.base.METADATA_FILE, without importing the exporters
-SAVED_MODEL_METADATA = "compress-model.json"  # = compress.models.serialize.META_FILE
 REPORT = "report.json"
 
 

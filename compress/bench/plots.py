@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from compress.bench.measure import Point
 from compress.bench.run import BenchResults
@@ -50,12 +51,7 @@ def throughput_vs_p99(runs: Iterable[BenchResults]) -> str | None:
         axes.annotate(f"SLA P99 {limit:g} ms", (limit, 1), xycoords=("data", "axes fraction"), rotation=90,
                       va="top", ha="right", fontsize=7, color="#c0392b")  # fmt: skip
     axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("P99 latency per batch (ms, log)")
-    axes.set_ylabel("throughput (samples/s, log)")
-    axes.grid(True, which="both", alpha=0.25)
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    return to_svg(figure)
+    return _finished(figure, axes, "P99 latency per batch (ms, log)", "throughput (samples/s, log)")
 
 
 def latency_vs_load(runs: Iterable[BenchResults]) -> str | None:
@@ -80,9 +76,14 @@ def latency_vs_load(runs: Iterable[BenchResults]) -> str | None:
             if s.saturated:
                 axes.annotate("saturated", (s.offered_per_s, s.p99_ms), textcoords="offset points",
                               xytext=(3, -9), fontsize=7, color=color)  # fmt: skip
+    return _finished(figure, axes, "offered load (requests/s, Poisson arrivals)", "request latency (ms, log)")
+
+
+def _finished(figure: Any, axes: Any, xlabel: str, ylabel: str) -> str:
+    """Log y axis, labels, a light grid and the legend beside the plot; the figure as SVG."""
     axes.set_yscale("log")
-    axes.set_xlabel("offered load (requests/s, Poisson arrivals)")
-    axes.set_ylabel("request latency (ms, log)")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.grid(True, which="both", alpha=0.25)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return to_svg(figure)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compress.config import DataSpec
+from compress.errors import ConfigError
+from compress.io import user_path
 from compress.result import (
     ClassFigures,
     ClassificationReport,
@@ -60,11 +62,10 @@ def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
 
 def _absolute_paths(path: str | dict[str, str], base_dir: Path) -> str | dict[str, str]:
     def one(text: str) -> str:
-        candidate = Path(text).expanduser()
-        candidate = candidate if candidate.is_absolute() else base_dir / candidate
-        try:
+        try:  # resolved as the data readers resolve it
+            candidate = user_path(text, "data.path", base_dir)
             found = candidate.exists()
-        except (OSError, ValueError):  # a name no filesystem holds: the data layer reports it
+        except (ConfigError, OSError, ValueError):  # a name no filesystem holds: the data layer reports it
             found = False
         return str(candidate.resolve()) if found else text  # not a local file: a hub dataset name
 

@@ -28,16 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from compress.artifacts import open_artifact
 from compress.bench.measure import REAL, Plan, measure_point
 from compress.config import DataSpec
 from compress.data.provider import DataProvider
 from compress.environment import environment
 from compress.evaluate.batching import tokenize_batches
+from compress.export.base import Exporter
 from compress.io import atomic_write_text
 from compress.models.serialize import load_handle
 from compress.runtime.base import Runtime
-from compress.runtime.compiled import CompiledTorchRuntime
 from compress.runtime.torch import TorchRuntime
+from compress.steps.base import StageContext
 
 ROOT = Path(__file__).resolve().parent
 NAME = "gpu-path"
@@ -51,8 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher", default="teacher")
     parser.add_argument("--student", default="truncate")
     parser.add_argument("--data", default=str(ROOT.parent / "evals" / "data" / "sst2" / "dev.tsv"))
-    parser.add_argument("--cpu-twin", type=Path, default=ROOT / "results" / "distill-bert-then-int8.json",
-                        help="results whose student accuracy on CPU the GPU rows are compared with")  # fmt: skip
+    parser.add_argument("--cpu-twin", default="export:ort-fp32",
+                        help="the run's stage with the student on the CPU (ONNX Runtime) to compare with")  # fmt: skip
     return parser.parse_args()
 
 
@@ -78,6 +80,7 @@ def plain_compiled(folder: Path) -> TorchRuntime:
     handle.model.to(torch.bfloat16)
     runtime = TorchRuntime(handle, "cuda")
     runtime._forward = torch.compile(runtime._forward, mode="reduce-overhead")
+    runtime.compiles_per_shape = True  # timed like ours: after one pass over every shape
     return runtime
 
 
@@ -90,22 +93,24 @@ def variants(folder: Path, work: Path, onnx: Path | None) -> dict[str, Callable[
 
         return make
 
+    def exported(exporter: type[Exporter], prefix: str) -> Runtime:
+        """The stage exported as `compress run` would (a folder `compress bench` opens too), then opened."""
+        out = work / f"{prefix}-{folder.parent.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(train_data=None, eval_data=None, calibration_data=None, score=None,  # type: ignore[arg-type]
+                           eval_spec=None, device=torch.device("cuda"), work_dir=work, seed=0)  # fmt: skip
+        exporter(max_batch=max(BATCHES)).export(load_handle(folder, "cuda"), ctx, out)
+        return open_artifact(out, device="cuda")
+
     def ours() -> Runtime:
-        return CompiledTorchRuntime(load_handle(folder, "cuda"), "cuda", dtype="bfloat16")
+        from compress.export.torch_compiled import TorchCompiledExporter
+
+        return exported(TorchCompiledExporter, "torch_compile")
 
     def aoti() -> Runtime:
         from compress.export.aoti import AOTInductorExporter
-        from compress.runtime.aoti import open_aoti
-        from compress.runtime.base import RuntimeOptions
-        from compress.steps.base import StageContext
 
-        out = work / f"aoti-{folder.parent.name}"
-        out.mkdir(parents=True, exist_ok=True)
-        handle = load_handle(folder, "cuda")
-        ctx = StageContext(train_data=None, eval_data=None, calibration_data=None, score=None,  # type: ignore[arg-type]
-                           eval_spec=None, device=torch.device("cuda"), work_dir=work, seed=0)  # fmt: skip
-        AOTInductorExporter(max_batch=max(BATCHES)).export(handle, ctx, out)
-        return open_aoti(out, RuntimeOptions(device="cuda"))
+        return exported(AOTInductorExporter, "aoti")
 
     def ort_cuda() -> Runtime:
         from compress.export.onnx import open_onnx
@@ -123,8 +128,8 @@ def variants(folder: Path, work: Path, onnx: Path | None) -> dict[str, Callable[
         "bf16 eager": eager(torch.bfloat16),
         "bf16 + torch.compile (plain)": lambda: plain_compiled(folder),
         "compress torch_compile": ours,
-        "compress aoti": aoti,
         "onnxruntime CUDA": ort_cuda,
+        "compress aoti": aoti,
     }
 
 
@@ -143,10 +148,11 @@ def main() -> None:
             started = time.perf_counter()
             try:
                 runtime = make()
-                score = accuracy(runtime, data, 256)  # also compiles every bucket before timing
+                score = accuracy(runtime, data, 256)
             except Exception as exc:  # a path this machine lacks: a row saying so
                 rows.append({"model": role, "variant": variant, "unavailable": f"{type(exc).__name__}: {exc}"[:300]})
                 print(rows[-1], flush=True)
+                write_record(rows, stage_accuracy(args.run, args.cpu_twin))
                 continue
             setup_s = time.perf_counter() - started
             for batch in BATCHES:
@@ -158,19 +164,32 @@ def main() -> None:
             runtime.close()
             del runtime
             torch.cuda.empty_cache()
+            # After every variant: a run cut short keeps its rows.
+            record = write_record(rows, stage_accuracy(args.run, args.cpu_twin))
+    print(json.dumps(record["summary"], indent=2))
+
+
+def stage_accuracy(run: Path, stage: str) -> float | None:
+    report = json.loads((run / "report.json").read_text())
+    return next((s["metrics"].get("accuracy") for s in report["stages"] if s["name"] == stage), None)
+
+
+def write_record(rows: list[dict[str, Any]], cpu_twin: float | None) -> dict[str, Any]:
     record = {
         "name": NAME,
         "command": shlex.join(["python", "benchmarks/bench_gpu_path.py", *sys.argv[1:]]),
         "hardware": environment(),
         "rows": rows,
-        "summary": summarize(rows, args.cpu_twin),
+        "summary": summarize(rows, cpu_twin),
     }
     atomic_write_text(ROOT / "results" / f"{NAME}.json", json.dumps(record, indent=2) + "\n")
     write_docs(record)
-    print(json.dumps(record["summary"], indent=2))
+    return record
 
 
-def summarize(rows: list[dict[str, Any]], cpu_twin: Path) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], twin: float | None) -> dict[str, Any]:
+    """`twin`: the student's accuracy on the CPU (the same run's ONNX Runtime FP32 export of it)."""
+
     def throughput(model: str, variant: str, batch: int) -> float | None:
         found = [r for r in rows if (r["model"], r["variant"], r.get("batch_size")) == (model, variant, batch)]
         return found[0]["throughput_per_s"] if found else None
@@ -188,7 +207,6 @@ def summarize(rows: list[dict[str, Any]], cpu_twin: Path) -> dict[str, Any]:
     student = next(
         (r["accuracy"] for r in rows if r["model"] == "student" and r["variant"] == "compress torch_compile"), None
     )
-    twin = json.loads(cpu_twin.read_text())["summary"].get("final_accuracy") if cpu_twin.exists() else None
     summary["student_accuracy"] = student
     summary["cpu_twin_accuracy"] = twin
     summary["accuracy_delta_points"] = round(100 * (student - twin), 2) if student is not None and twin else None
@@ -214,7 +232,8 @@ def write_docs(record: dict[str, Any]) -> None:
             lines.append(f"| {r['model']} | {r['variant']} | — | — | not available: {r['unavailable']} | | | |")
             continue
         ratio = r["throughput_per_s"] / base[r["batch_size"]] if base.get(r["batch_size"]) else None
-        lines.append(f"| {r['model']} | {r['variant']} | {r['batch_size']} | {r['accuracy']:.2%} | "
+        variant = r["variant"] + (f" (**{r['caveat']}**)" if r.get("caveat") else "")
+        lines.append(f"| {r['model']} | {variant} | {r['batch_size']} | {r['accuracy']:.2%} | "
                      f"{r['throughput_per_s']:,.0f} | {'—' if ratio is None else f'{ratio:.1f}x'} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
     body = [f"# GPU path: {record['hardware']['cuda']}\n", f"Command: `{record['command']}`\n", "\n".join(lines),

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from compress.environment import environment
 from compress.io import atomic_write_text
 from compress.recipe import Recipe
@@ -76,13 +78,21 @@ def markdown_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(description: str | None) -> argparse.Namespace:
+def parse_args(
+    description: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """The options every recipe benchmark takes: where PyTorch stages run, the data and model, the output."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="train and evaluate PyTorch stages on CUDA")
     parser.add_argument("--train-limit", type=int, default=None, help="override data.train_limit (0 = all rows)")
     parser.add_argument("--model", default=None, help="override model.source (e.g. a local copy)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="PATH=YAML",
+        help="override any recipe field, as `compress run --set` does (e.g. steps.1.distill.epochs=4)",
+    )  # fmt: skip
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 
@@ -95,6 +105,9 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["data.train_limit"] = args.train_limit or None
     if args.model:
         overrides["model.source"] = args.model
+    for setting in getattr(args, "settings", []):
+        path, _, value = setting.partition("=")
+        overrides[path] = yaml.safe_load(value)
     return overrides
 
 
@@ -109,7 +122,7 @@ def run_benchmark(
     recipe = Recipe.from_yaml(recipe_path, overrides)
     result = recipe.run(output)
     rows = [stage_row(s) for s in result.stages]
-    record = {
+    record: dict[str, Any] = {
         "name": name,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "recipe": str(recipe_path.relative_to(REPO)) if recipe_path.is_relative_to(REPO) else str(recipe_path),
@@ -125,7 +138,15 @@ def run_benchmark(
         "rows": rows,
         "summary": summarize(result.stages),
         "report": str(output / "report.md"),
+        "train_rows": result.report.dataset.train_rows if result.report.dataset else None,
     }
+    write_record(record, recipe.evaluate.batch_sizes, title)
+    return record
+
+
+def write_record(record: dict[str, Any], batch_sizes: list[int], title: str = "") -> None:
+    """`benchmarks/results/<name>.json` and its Markdown table under docs/benchmarks/."""
+    name, rows = record["name"], record["rows"]
     atomic_write_text(ROOT / "results" / f"{name}.json", json.dumps(record, indent=2) + "\n")
     doc = REPO / "docs" / "benchmarks" / f"{name}.md"
     body = [
@@ -135,13 +156,12 @@ def run_benchmark(
         f"{', '.join(record['hardware']['cpu_flags']) or 'none'}), GPU: {record['hardware']['cuda'] or 'none'}, "
         f"threads: {record['threads']}, samples: {record['eval_samples']}  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}\n",
-        markdown_table(rows, recipe.evaluate.batch_sizes),
+        markdown_table(rows, batch_sizes),
         "\n## Summary\n",
         "\n".join(f"- `{k}`: {v}" for k, v in record["summary"].items()),
-        f"\nRaw figures: `benchmarks/results/{name}.json`; full per-stage report: `{output}/report.md`.\n",
+        f"\nRaw figures: `benchmarks/results/{name}.json`; full per-stage report: `{record['report']}`.\n",
     ]
     atomic_write_text(doc, "\n".join(body))
-    return record
 
 
 def throughput(stage: StageResult, batch: int) -> float | None:

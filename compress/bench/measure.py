@@ -97,7 +97,8 @@ def measure_point(
     """`threads`: the CPU threads the runtime was opened with (None: its default), recorded with the point."""
     batches = batches_for(runtime, data, batch_size, length)
     cycle = itertools.cycle(batches)
-    for _ in range(plan.warmup):
+    # A runtime that compiles per shape sees every shape it will be timed on first (see Runtime).
+    for _ in range(max(plan.warmup, len(batches)) if runtime.compiles_per_shape else plan.warmup):
         runtime.predict(next(cycle).inputs)
     runtime.synchronize()
     times_s: list[float] = []

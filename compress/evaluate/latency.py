@@ -66,6 +66,8 @@ def run_pass(
     stops after the timed batches.
     """
     timing = timed_batches is not None and timed_batches > 0
+    if timing and runtime.compiles_per_shape:
+        warmup = max(warmup, timed_batches or 0)
     if timing and warmup > 0:
         warm_up(runtime, make_batches, warmup)
     last = total_batches if reduce is not None else min(total_batches, timed_batches or 0)

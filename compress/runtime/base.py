@@ -72,6 +72,9 @@ class Runtime(ABC):
 
     name: str = "runtime"  # e.g. "pytorch", "onnxruntime", "openvino"
     device: str = "cpu"
+    # The first batch of each new shape compiles (seconds): timing first warms one pass over every batch it
+    # will time, so no compile lands in a measured batch.
+    compiles_per_shape: bool = False
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, task: Task, max_length: int | None) -> None:
         self.tokenizer = tokenizer

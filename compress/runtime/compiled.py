@@ -57,6 +57,7 @@ def pad_to(inputs: Mapping[str, np.ndarray], rows: int, length: int, pad_id: int
 
 class CompiledTorchRuntime(TorchRuntime):
     name = "pytorch-compiled"
+    compiles_per_shape = True
 
     def __init__(
         self,

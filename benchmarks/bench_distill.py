@@ -12,6 +12,7 @@ Targets (issue): final artifact ≥ 99 % of the teacher's accuracy at ≥ 10x it
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from compress.recipe import Recipe
 from compress.result import StageResult
 
 FINAL = "export:ort-int8"
-DISTILL_SEED = "steps.1.distill.seed"  # the flagship's second step is its distill step
+DISTILL_SEED = "steps.1.distill.seed"
+RECIPE = REPO / "recipes" / "distill-bert-then-int8.yaml"  # the flagship's second step is its distill step
 
 
 def summarize(stages: list[StageResult]) -> dict[str, Any]:
@@ -83,30 +85,44 @@ def main() -> None:
     args = parse_args(__doc__, extra=add_seed_options)
     name = args.name or "distill-bert-then-int8" + ("-gpu" if args.gpu else "")
     output = args.output or Path(f"runs/bench-{name}")
-    recipe = REPO / "recipes" / "distill-bert-then-int8.yaml"
     title = f"distill-BERT-then-INT8 ({'GPU' if args.gpu else 'CPU'})"
+    if args.combine:
+        records = [json.loads(path.read_text(encoding="utf-8")) for path in args.combine]
+        print(write_combined(name, {r["overrides"].get(DISTILL_SEED, 0): r for r in records}, title)["summary"])
+        return
     if not args.seeds:
-        record = run_benchmark(name, recipe, output, summarize, recipe_overrides(args), title=title)
+        record = run_benchmark(name, RECIPE, output, summarize, recipe_overrides(args), title=title)
         print(record["summary"])
         return
-    per_seed: dict[int, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
+    records: dict[int, dict[str, Any]] = {}
     for seed in args.seeds:
-        # Each seed's record goes to its own file; the combined one is written from all of them.
-        record = run_benchmark(
-            f"{name}-seed{seed}", recipe, output, summarize, recipe_overrides(args) | {DISTILL_SEED: seed},
+        # Each seed's record goes to its own file; the combined one is rewritten from all of them after each.
+        records[seed] = run_benchmark(
+            f"{name}-seed{seed}", RECIPE, output, summarize, recipe_overrides(args) | {DISTILL_SEED: seed},
             title=f"{title}, distill seed {seed}",
         )  # fmt: skip
-        per_seed[seed] = record["summary"]
-        # The stages before distill are the same run's cached ones: listed once, under the first seed.
-        rows += [row | {"seed": seed, "stage": f"{row['stage']} (seed {seed})"} for row in record["rows"]
-                 if seed == args.seeds[0] or row["stage"] not in ("baseline", "teacher")]  # fmt: skip
-        print(f"seed {seed}: {record['summary']}", flush=True)
-        summary = {"teacher_train_rows": record["train_rows"]} | across_seeds(per_seed)
-        combined = record | {"name": name, "overrides": recipe_overrides(args), "rows": rows, "summary": summary}
-        batch_sizes = Recipe.from_yaml(recipe, recipe_overrides(args)).evaluate.batch_sizes
-        write_record(combined, batch_sizes, f"{title}, seeds {', '.join(map(str, args.seeds))}")
+        print(f"seed {seed}: {records[seed]['summary']}", flush=True)
+        combined = write_combined(name, records, title)
     print(combined["summary"])
+
+
+def write_combined(name: str, records: dict[int, dict[str, Any]], title: str) -> dict[str, Any]:
+    """One record over seeds (`--seeds` in one process, or `--combine` of per-seed files from parallel runs)."""
+    first = min(records)
+    rows = [
+        row | {"seed": seed, "stage": f"{row['stage']} (seed {seed})"}
+        for seed, record in sorted(records.items())
+        for row in record["rows"]
+        # The stages before distill are shared (cached): listed once, under the first seed.
+        if seed == first or row["stage"] not in ("baseline", "teacher")
+    ]
+    last = records[max(records)]
+    summary = {"teacher_train_rows": last["train_rows"]} | across_seeds({s: r["summary"] for s, r in records.items()})
+    overrides = {k: v for k, v in last["overrides"].items() if k != DISTILL_SEED}
+    combined = last | {"name": name, "overrides": overrides, "rows": rows, "summary": summary}
+    batch_sizes = Recipe.from_yaml(RECIPE, overrides).evaluate.batch_sizes
+    write_record(combined, batch_sizes, f"{title}, seeds {', '.join(map(str, sorted(records)))}")
+    return combined
 
 
 def add_seed_options(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +130,10 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=lambda text: [int(s) for s in text.split(",")], default=None,
         help="distill seeds to run one after another (e.g. 0,1,2); the teacher is trained once",
+    )  # fmt: skip
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", default=None, metavar="SEED_RESULTS",
+        help="write the seeds' combined record from per-seed results files (runs made in parallel)",
     )  # fmt: skip
 
 

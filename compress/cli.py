@@ -85,17 +85,21 @@ def eval_(
         str | None, typer.Option(help="Primary metric; default: the task's (accuracy; causal-lm: perplexity).")
     ] = None,
     batch_size: Annotated[list[int] | None, typer.Option("--batch-size", help="Repeatable.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtime's).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the report goes.")] = Path("runs/eval"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Evaluate one model on a dataset (a recipe with no steps)."""
+    """Evaluate one model or exported artifact on a dataset (a model: a recipe with no steps; an export folder:
+    opened by its recorded format, figures in OUTPUT/eval.json)."""
+    from compress.evaluate.artifact import export_label_names, is_export
     from compress.recipe import Recipe
     from compress.tasks import get_task
 
     adapter = get_task(task, where="--task")
+    export = is_export(Path(model))
     names = _comma_list(label_names, "--label-names")
     if names is None and adapter.reads_labels:
-        names = _head_labels(adapter, model, task)
+        names = export_label_names(Path(model)) if export else _head_labels(adapter, model, task)
     raw = {
         "name": f"eval {model}",
         "model": {"source": model, "task": task},
@@ -113,9 +117,19 @@ def eval_(
         "evaluate": {  # an unset metric is the task's default (TaskAdapter.primary_metric)
             **({"metric": metric} if metric else {}),
             **({"batch_sizes": batch_size} if batch_size else {}),
+            **({"threads": threads} if threads else {}),
         },
     }
-    print(Recipe.from_dict(raw, source="compress eval").run(output, progress=not quiet).table())
+    recipe = Recipe.from_dict(raw, source="compress eval")
+    if export:
+        from compress.evaluate.artifact import evaluate_artifact, evaluation_table
+
+        evaluation = evaluate_artifact(
+            Path(model), recipe.data, recipe.evaluate, recipe.base_dir, output, progress=not quiet
+        )
+        print(evaluation_table(evaluation))
+        return
+    print(recipe.run(output, progress=not quiet).table())
 
 
 def _comma_list(value: str | None, flag: str) -> list[str] | None:

@@ -111,3 +111,35 @@ def test_eval_names_an_unknown_task(tmp_path):
     proc = run_cli("eval", "m", "--data", "d.txt", "--task", "causal_lm", "--output", str(tmp_path / "out"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--task: unknown task 'causal_lm' (did you mean 'causal-lm'?)" in proc.stderr
+
+
+def test_eval_an_exported_artifact_measures_it_in_its_own_runtime(tmp_path, tiny_bert, sst2_dev):
+    """An export made elsewhere (a GPU host) gets this machine's accuracy and speed, scored like a recipe stage."""
+    import json
+
+    import numpy as np
+    from train_helpers import make_context
+
+    from compress.artifacts import open_artifact
+    from compress.evaluate.batching import tokenize_batches
+    from compress.export.onnx import OnnxExporter
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (tmp_path / "work").mkdir()
+    OnnxExporter(quantize="dynamic").export(tiny_bert, make_context(sst2_dev, sst2_dev, tmp_path / "work"), folder)
+    proc = run_cli(
+        "eval", str(folder), "--data", "evals/data/sst2/dev.tsv", "--text", "sentence", "--limit", "24",
+        "--batch-size", "1", "--batch-size", "8", "--threads", "1", "--output", str(tmp_path / "out"), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "out" / "eval.json").read_text())
+    evaluation = record["evaluation"]
+    assert record["format"] == "onnx" and evaluation["runtime"] == "onnxruntime" and evaluation["threads"] == 1
+    assert set(evaluation["latency"]) == {"1", "8"} and evaluation["eval_samples"] == 24
+    runtime = open_artifact(folder, threads=1)
+    predicted = np.concatenate([runtime.predict(b.inputs).argmax(-1) for b in tokenize_batches(
+        runtime.tokenizer, sst2_dev.head(24), 8, 128)])  # fmt: skip
+    expected = float(np.mean(predicted == np.asarray(sst2_dev.head(24).labels)))
+    assert evaluation["metrics"]["accuracy"] == expected
+    assert "accuracy" in proc.stdout and "| 8 |" in proc.stdout

@@ -73,3 +73,29 @@ def test_compiled_bf16_on_cuda_matches_fp32_eager(tiny_bert: ModelHandle, sst2_d
     for got, expected in zip(outputs, eager, strict=True):
         np.testing.assert_allclose(got, expected, atol=0.05)
     assert next(runtime.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True])
+def test_static_graphs_replay_each_bucket_and_keep_earlier_outputs(
+    tiny_bert: ModelHandle, sst2_dev: TextData, compile: bool
+) -> None:
+    """One captured graph per bucket; a result stays what it was after later calls reuse the graph's buffers."""
+    batches = _batches(tiny_bert, sst2_dev.head(40), 10) + _batches(tiny_bert, sst2_dev.head(6), 3)
+    eager = [TorchRuntime(tiny_bert, "cuda").predict(b).float().cpu().numpy() for b in batches]
+    runtime = CompiledTorchRuntime(
+        tiny_bert, "cuda", dtype="float32", length_buckets=[32, 64], compile=compile, cuda_graphs="static"
+    )
+    first = [runtime.predict(b) for b in batches]  # captures
+    again = [runtime.predict(b) for b in batches]  # replays
+    assert runtime._graphs is not None and runtime._graphs.captured_shapes == len(runtime._graphs._captured) >= 2
+    for kept, replayed, expected in zip(first, again, eager, strict=True):
+        np.testing.assert_allclose(kept.cpu().numpy(), expected, atol=1e-4)
+        np.testing.assert_allclose(replayed.cpu().numpy(), expected, atol=1e-4)
+    assert runtime.describe()["cuda_graphs"] == "static"
+
+
+def test_static_graphs_are_a_cuda_choice(tiny_bert: ModelHandle) -> None:
+    """On the CPU `cuda_graphs: static` changes nothing: the plain bucketed path runs."""
+    runtime = CompiledTorchRuntime(tiny_bert, "cpu", dtype="float32", compile=False, cuda_graphs="static")
+    assert runtime._graphs is None

@@ -31,6 +31,11 @@ class TorchCompiledConfig(ExportConfig):
         description="torch.compile mode: `reduce-overhead` replays CUDA graphs; `max-autotune` also searches "
         "GEMM kernels (long compiles); `default` compiles kernels only.",
     )
+    cuda_graphs: Literal["torch", "static"] = Field(
+        "torch",
+        description="With `reduce-overhead` on CUDA: `torch` replays torch.compile's CUDA graph trees; `static` "
+        "captures one graph per bucket itself and copies each batch in from pinned memory (less host work per call).",
+    )
     length_buckets: list[PositiveInt] = Field(
         default_factory=lambda: list(DEFAULT_LENGTHS),
         description="Sequence lengths batches are padded up to (each compiled once); the model's limit is always one.",
@@ -67,6 +72,7 @@ class TorchCompiledExporter(Exporter):
         cfg = self.config
         write_metadata(
             model, out_dir, format="torch_compile", model_dir=MODEL_DIR, dtype=cfg.dtype, mode=cfg.mode,
+            cuda_graphs=cfg.cuda_graphs,
             length_buckets=cfg.length_buckets, max_batch=cfg.max_batch, precision=cfg.dtype,
         )  # fmt: skip
         write_deploy_notes(out_dir, f"PyTorch, torch.compile ({cfg.dtype}, {cfg.mode})", self._sample(model), [

@@ -15,7 +15,7 @@ from compress.export.deploy import sample_io, write_deploy_notes
 from compress.models.handle import ModelHandle
 from compress.models.serialize import save_handle
 from compress.runtime.base import Runtime
-from compress.runtime.compiled import DEFAULT_LENGTHS, open_compiled
+from compress.runtime.compiled import DEFAULT_LENGTHS, CudaGraphs, open_compiled
 from compress.steps.base import StageContext
 from compress.tasks import get_task
 
@@ -31,7 +31,7 @@ class TorchCompiledConfig(ExportConfig):
         description="torch.compile mode: `reduce-overhead` replays CUDA graphs; `max-autotune` also searches "
         "GEMM kernels (long compiles); `default` compiles kernels only.",
     )
-    cuda_graphs: Literal["torch", "static"] = Field(
+    cuda_graphs: CudaGraphs = Field(
         "torch",
         description="With `reduce-overhead` on CUDA: `torch` replays torch.compile's CUDA graph trees; `static` "
         "captures one graph per bucket itself and copies each batch in from pinned memory (less host work per call).",

@@ -16,6 +16,7 @@ import bisect
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from compress.tasks import get_task
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+CudaGraphs = Literal["torch", "static"]
 
 
 def bucket(value: int, buckets: list[int]) -> int:
@@ -71,7 +73,7 @@ class CompiledTorchRuntime(TorchRuntime):
         length_buckets: list[int] | None = None,
         max_batch: int = 256,
         compile: bool = True,
-        cuda_graphs: str = "torch",
+        cuda_graphs: CudaGraphs = "torch",
     ) -> None:
         """`cuda_graphs` (with `mode="reduce-overhead"` on CUDA): `torch`, the graph trees torch.compile replays;
         `static`, one graph per bucket captured here (`compress.runtime.graph_replay`), less host work per call."""

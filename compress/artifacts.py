@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import ConfigError, clip
+from compress.errors import CompressError, ConfigError, ModelError, clip
 from compress.export.base import METADATA_FILE as EXPORT_METADATA
+from compress.export.base import read_metadata
 from compress.models.serialize import META_FILE as SAVED_MODEL_METADATA
 from compress.registry import RUNTIMES
 from compress.runtime.base import Runtime, RuntimeOptions
@@ -25,7 +26,7 @@ REPORT = "report.json"
 def artifact_format(path: Path) -> str:
     """The format an artifact folder records, or a ConfigError saying what the folder lacks."""
     if (path / EXPORT_METADATA).is_file():
-        recorded = json.loads((path / EXPORT_METADATA).read_text(encoding="utf-8")).get("format")
+        recorded = read_metadata(path).get("format")
         if not isinstance(recorded, str):
             raise ConfigError(f"{path / EXPORT_METADATA} records no format", where=str(path), fix="export it again")
         return recorded
@@ -63,8 +64,19 @@ def open_artifact(
         raise ConfigError(f"{clip(str(folder))} is not a folder", where=str(folder), fix="check the path")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    opener = RUNTIMES.get(artifact_format(folder), where=str(folder / EXPORT_METADATA))
-    return opener(folder, RuntimeOptions(threads=threads, device=device, task=task, compute_units=compute_units))
+    fmt = artifact_format(folder)
+    opener = RUNTIMES.get(fmt, where=str(folder / EXPORT_METADATA))
+    try:
+        return opener(folder, RuntimeOptions(threads=threads, device=device, task=task, compute_units=compute_units))
+    except CompressError:
+        raise
+    except Exception as exc:  # a damaged artifact (a missing or truncated file, a key its metadata lacks)
+        raise ModelError(
+            f"{clip(str(folder))} does not open as its recorded format ({fmt}): "
+            f"{type(exc).__name__}: {clip(str(exc), 300)}",
+            where=str(folder),
+            fix="export it again (a copy may have left out or cut short one of its files)",
+        ) from exc
 
 
 def run_artifacts(run_dir: str | Path) -> dict[str, Path]:

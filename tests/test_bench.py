@@ -19,7 +19,7 @@ from compress.bench.run import BenchResults, BenchSpec, bench
 from compress.bench.served import serve
 from compress.bench.sla import search_sla_batch
 from compress.data.text_data import TextData
-from compress.errors import ConfigError
+from compress.errors import ConfigError, ModelError
 from compress.evaluate.batching import tokenize_batches
 from compress.evaluate.latency import run_pass
 from compress.export.onnx import OnnxExporter
@@ -206,3 +206,17 @@ def test_runtimes_that_compile_per_shape_are_timed_after_every_shape(
     assert passed.stats is not None
     slowest = max(point.p99_ms, passed.stats.p99_ms)
     assert slowest < 250 if compiles else slowest > 250
+
+
+def test_a_damaged_artifact_is_an_error_naming_it(onnx_dir: Path) -> None:
+    """A copy that lost its model file, or whose metadata is not JSON: the folder and the fix, no traceback."""
+    (onnx_dir / "model.onnx").unlink()
+    with pytest.raises(ModelError, match=r"recorded format \(onnx\).*NO_SUCHFILE") as missing:
+        open_artifact(onnx_dir, device="cpu")
+    assert "export it again" in (missing.value.fix or "")
+    (onnx_dir / "compress-export.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot be read as JSON"):
+        open_artifact(onnx_dir, device="cpu")
+    (onnx_dir / "compress-export.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="holds no settings object"):
+        artifact_format(onnx_dir)

@@ -23,7 +23,7 @@ from compress.bench.served import ServedPoint, serve
 from compress.bench.sla import SlaResult, search_sla_batch
 from compress.data.text_data import TextData
 from compress.environment import environment
-from compress.errors import NotEvaluable
+from compress.errors import ModelError, NotEvaluable
 from compress.runtime.base import Runtime
 
 SCHEMA_VERSION = 1
@@ -103,7 +103,7 @@ def bench(
             runtime = open_artifact(
                 folder, device=spec.device, threads=spec.threads, task=spec.task, compute_units=units
             )
-        except NotEvaluable as exc:
+        except (NotEvaluable, ModelError) as exc:  # cannot run here, or damaged: a row saying why, then the next
             results.unavailable.append(Unavailable(artifact=label, format=artifact_format(folder), reason=str(exc)))
             log(f"{label}: not available here: {exc}")
             continue

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from compress.config import Schema
+from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.runtime.base import Runtime, RuntimeOptions
 from compress.steps.base import StageContext
@@ -72,4 +73,11 @@ def options_for(ctx: StageContext) -> RuntimeOptions:
 
 
 def read_metadata(artifact_dir: Path) -> dict[str, Any]:
-    return json.loads((artifact_dir / METADATA_FILE).read_text())
+    path = artifact_dir / METADATA_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read as JSON ({exc})", where=str(path), fix="export it again") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} holds no settings object", where=str(path), fix="export it again")
+    return meta

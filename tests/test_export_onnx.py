@@ -129,6 +129,86 @@ def test_optimized_export_of_a_head_pruned_model_matches_pytorch(bert, sst2_dev,
         np.testing.assert_allclose(runtime.predict(batch), reference.predict(batch), atol=1e-4, rtol=0)
 
 
+def packed_width(out_dir: Path, batch: dict[str, np.ndarray]) -> int:
+    """Rows of the first SkipLayerNormalization's output for `batch`: tokens the graph's layers ran on."""
+    import onnxruntime as ort
+
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    skip = next(n.output[0] for n in graph.graph.node if n.op_type == "SkipLayerNormalization")
+    graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(skip))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
+    return session.run([skip], feed)[0].shape[0]
+
+
+def test_remove_padding_runs_the_layers_on_real_tokens_with_the_same_logits(bert, sst2_dev, tmp_path):
+    """The default optimized graph runs its token-wise layers on the unpadded tokens only, and its logits equal
+    the padded graph's and PyTorch's on every batch shape; each row's logits do not depend on its batch-mates."""
+    reference = TorchRuntime(bert)
+    out_dir, runtime = export(bert, tmp_path / "unpadded", optimize=True)  # remove_padding: default (on here)
+    padded_dir, padded = export(bert, tmp_path / "padded", optimize=True, remove_padding=False)
+    assert read_metadata(out_dir)["remove_padding"] is True
+    assert read_metadata(padded_dir)["remove_padding"] is False
+    ops = {n.op_type for n in onnx.load(str(out_dir / "model.onnx")).graph.node}
+    assert {"NonZero", "Attention", "SkipLayerNormalization"} <= ops
+    assert "NonZero" not in {n.op_type for n in onnx.load(str(padded_dir / "model.onnx")).graph.node}
+
+    batch = batches(bert, sst2_dev.head(32), 32)[0]
+    real = int(batch["attention_mask"].sum())
+    assert real < batch["input_ids"].size  # the batch is padded...
+    assert packed_width(out_dir, batch) == real  # ...and the layers ran on its real tokens only
+    assert packed_width(padded_dir, batch) == batch["input_ids"].shape[0]  # (batch, sequence, hidden) there
+
+    for batch_size in (1, 7, 32):
+        for batch in batches(bert, sst2_dev.head(64), batch_size):
+            got = runtime.predict(batch)
+            np.testing.assert_allclose(got, padded.predict(batch), atol=1e-5, rtol=0)
+            np.testing.assert_allclose(got, reference.predict(batch), atol=1e-4, rtol=0)
+    together = runtime.predict(batches(bert, sst2_dev.head(8), 8)[0])
+    alone = np.concatenate([runtime.predict(b) for b in batches(bert, sst2_dev.head(8), 1)])
+    np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
+    assert "real (attention_mask = 1) tokens" in (out_dir / "deploy.md").read_text()
+
+
+def test_dynamic_int8_without_padding_agrees_with_fp32(bert, sst2_dev, tmp_path):
+    reference = TorchRuntime(bert)
+    out_dir, runtime = export(bert, tmp_path, quantize="dynamic", remove_padding=True)
+    graph = onnx.load(str(out_dir / "model.onnx"))
+    ops = collections.Counter(n.op_type for n in graph.graph.node)
+    assert ops["QAttention"] == 2 and ops["MatMulInteger"] >= 6 and ops["NonZero"] == 1
+    assert read_metadata(out_dir)["remove_padding"] is True
+    batch = batches(bert, sst2_dev.head(32), 32)[0]
+    assert packed_width(out_dir, batch) == int(batch["attention_mask"].sum())
+    same, correlation = agreement(runtime, reference, sst2_dev, bert)
+    assert same >= 0.9 and correlation >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"optimize": False}, "fused graph"),
+        ({"quantize": "static"}, "static INT8"),
+        ({"padding_side": "left"}, "right padding"),
+        ({"pruned": True}, "no fused EmbedLayerNormalization and Attention"),
+    ],
+)
+def test_remove_padding_where_it_cannot_apply(bert, sst2_train, tmp_path, monkeypatch, config, message):
+    """`remove_padding: true` that cannot apply is a ConfigError naming the field; unset, it stays off there."""
+    from compress.steps.prune.structured import prune_structure
+
+    config = dict(config)
+    if config.pop("pruned", False):
+        prune_structure(bert.model, StructureSpec(heads=[0.5, 0.25], ffn=0.5), "structured")
+    if side := config.pop("padding_side", None):
+        monkeypatch.setattr(bert.tokenizer, "padding_side", side)
+    with pytest.raises(ConfigError, match=message) as info:
+        export(bert, tmp_path / "on", sst2_train, remove_padding=True, calibration_samples=16, **config)
+    assert "remove_padding" in str(info.value)
+    out_dir, _ = export(bert, tmp_path / "auto", sst2_train, calibration_samples=16, **config)
+    assert read_metadata(out_dir)["remove_padding"] is False
+    assert "NonZero" not in {n.op_type for n in onnx.load(str(out_dir / "model.onnx")).graph.node}
+
+
 def agreement(runtime, reference, data: TextData, handle: ModelHandle) -> tuple[float, float]:
     """Share of equal predictions, and correlation of the logit margins, INT8 vs FP32."""
     pairs = [(runtime.predict(b), reference.predict(b)) for b in batches(handle, data, 16)]

@@ -11,8 +11,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 
@@ -69,6 +70,13 @@ class OnnxConfig(ExportConfig):
         description="ONNX op types to quantize; default: ONNX Runtime's choice for `dynamic`, `[MatMul]` for "
         "`static` (quantizing Add/Gather too costs accuracy for little speed).",
     )
+    remove_padding: bool | None = Field(
+        None,
+        description="Run the token-by-token layers (projections, feed-forward, layer norms) on the batch's real "
+        "tokens only: the graph drops the padding positions after the embeddings and puts them back only for "
+        "attention and the pooler. Same logits, fewer FLOPs on padded batches. Default: on where it applies "
+        "(an optimized BERT-family classifier graph with fused embedding and attention ops, right padding).",
+    )
 
 
 class OnnxExporter(Exporter):
@@ -81,12 +89,25 @@ class OnnxExporter(Exporter):
     def export(self, model: ModelHandle, ctx: StageContext, out_dir: Path) -> None:
         where = f"exports.{self.label}"
         optimize = resolve_optimize(model, self.config.optimize, self.config.quantize, where)
+        try_unpadding = resolve_remove_padding(model, self.config.remove_padding, optimize, self.config.quantize, where)
         import_optional("onnxruntime", "onnx")  # fail before the slow conversion when it is missing
+        unpadded = False
         with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix=".onnx-export-") as tmp:
             graph = Path(tmp) / MODEL_FILE
             input_names = torch_to_onnx(model, graph, opset=self.config.opset, where=where)
             if optimize:
                 graph = optimize_transformer(model, graph, Path(tmp) / "optimized.onnx", where=where)
+            if try_unpadding:
+                unpadded = remove_padding(graph, Path(tmp) / "unpadded.onnx")
+                if unpadded:
+                    graph = Path(tmp) / "unpadded.onnx"
+                elif self.config.remove_padding:
+                    raise ConfigError(
+                        "the optimized graph has no fused EmbedLayerNormalization and Attention ops to drop the "
+                        "padding around (e.g. a model whose attention heads were pruned stays unfused)",
+                        where=f"{where}.remove_padding",
+                        fix="set `remove_padding: false` (or leave it unset)",
+                    )
             target = out_dir / MODEL_FILE
             if self.config.quantize == "dynamic":
                 quantize_onnx_dynamic(
@@ -116,11 +137,11 @@ class OnnxExporter(Exporter):
         precision = "float32" if self.config.quantize == "none" else f"int8-{self.config.quantize}"
         write_metadata(
             model, out_dir, format="onnx", model_file=MODEL_FILE, input_names=input_names,
-            precision=precision, optimized=optimize, opset=self.config.opset,
+            precision=precision, optimized=optimize, opset=self.config.opset, remove_padding=unpadded,
         )  # fmt: skip
-        write_deploy_notes(out_dir, f"ONNX model ({precision})", ort_sample(model), self._notes(optimize))
+        write_deploy_notes(out_dir, f"ONNX model ({precision})", ort_sample(model), self._notes(optimize, unpadded))
 
-    def _notes(self, optimized: bool) -> list[str]:
+    def _notes(self, optimized: bool, unpadded: bool = False) -> list[str]:
         notes = [
             "Inputs are int64 tensors of shape (batch, sequence); both axes are dynamic.",
             "Install the runtime with `pip install onnxruntime` (or `onnxruntime-gpu` for CUDA).",
@@ -130,6 +151,9 @@ class OnnxExporter(Exporter):
                 "The graph uses ONNX Runtime's fused transformer ops (com.microsoft domain): run it in ONNX "
                 "Runtime, or export with `optimize: false` for a plain ONNX graph."
             )
+        if unpadded:
+            notes.append("The graph runs its token-by-token layers on the real (attention_mask = 1) tokens only; "
+                         "pad on the right, as the saved tokenizer does.")  # fmt: skip
         if self.config.quantize == "dynamic":
             notes.append("Dynamic INT8: activation scales are computed per batch, so logits vary slightly "
                          "with what else is in the batch.")  # fmt: skip
@@ -233,6 +257,122 @@ def resolve_optimize(model: ModelHandle, requested: bool | None, quantize: str, 
     return supported and quantize != "static" if requested is None else requested
 
 
+def resolve_remove_padding(
+    model: ModelHandle, requested: bool | None, optimize: bool, quantize: str, where: str
+) -> bool:
+    """Whether to try dropping the padding (whether the graph allows it is known after fusion); ConfigError when
+    `remove_padding: true` cannot apply."""
+    field = f"{where}.remove_padding"
+    reasons = [
+        (quantize == "static", "remove_padding works on the optimizer's fused graph, which static INT8 cannot "
+         "calibrate", "use `quantize: dynamic`, or set `remove_padding: false`"),
+        (not optimize, "remove_padding needs the transformer optimizer's fused graph",
+         "leave `optimize` on (unset, for BERT-family encoders), or set `remove_padding: false`"),
+        (model.task != "text-classification", f"remove_padding keeps a classifier's pooled logits exact, not "
+         f"{model.task} outputs", "set `remove_padding: false`"),
+        (getattr(model.tokenizer, "padding_side", "right") != "right", "remove_padding needs right padding (the "
+         "pooler reads position 0, a pad under left padding)",
+         "set the tokenizer's `padding_side` to 'right', or set `remove_padding: false`"),
+    ]  # fmt: skip
+    for applies, message, fix in reasons:
+        if applies:
+            if requested:
+                raise ConfigError(message, where=field, fix=fix)
+            return False
+    return requested is not False
+
+
+# Ops that compute each token's output from that token's input alone (in ORT's fused BERT graph): they may run on
+# the real tokens only. Anything else (attention, the pooler's Gather, ...) sees the padded (batch, sequence) layout.
+TOKEN_WISE_OPS = {"MatMul", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization"}
+# Fused ops whose (batch, sequence, hidden) output the token-wise ops downstream read.
+PADDED_SOURCES = {"EmbedLayerNormalization", "Attention"}
+
+
+def remove_padding(source: Path, target: Path) -> bool:
+    """Rewrite ORT's fused BERT graph so that its token-wise ops run on the real tokens only; False if it cannot.
+
+    The real positions (`attention_mask` = 1, flattened over batch × sequence) are gathered into a (tokens,
+    hidden) tensor after the embeddings and after every Attention; the token-wise ops run on that; before each
+    other op (the next Attention, the pooler) a Gather restores the (batch, sequence, hidden) layout. Padded
+    positions then hold a copy of a real token's state instead of their own: attention masks them as keys and
+    nothing reads them as queries, so a classifier's logits are unchanged (with right padding, where the pooled
+    position 0 is real). Needs the fused graph (EmbedLayerNormalization, Attention) and an `attention_mask` input.
+    """
+    onnx = import_optional("onnx", "onnx")
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(source))
+    graph = proto.graph
+    op_types = {n.op_type for n in graph.node}
+    if not PADDED_SOURCES.issubset(op_types) or "attention_mask" not in {i.name for i in graph.input}:
+        return False
+    weights = {t.name: t for t in graph.initializer}
+    for name, value in (("rp/minus_one", [-1]), ("rp/zero", 0), ("rp/one", 1)):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), name))
+    nodes = [
+        # idx: the real positions in the flattened batch; back: for every position, the row of it (or, for a
+        # pad, of the real token before it, clipped at 0) in the packed tensor.
+        helper.make_node("Reshape", ["attention_mask", "rp/minus_one"], ["rp/mask"]),
+        helper.make_node("NonZero", ["rp/mask"], ["rp/nonzero"]),
+        helper.make_node("Reshape", ["rp/nonzero", "rp/minus_one"], ["rp/idx"]),
+        helper.make_node("CumSum", ["rp/mask", "rp/zero"], ["rp/count"]),
+        helper.make_node("Sub", ["rp/count", "rp/one"], ["rp/last"]),
+        helper.make_node("Max", ["rp/last", "rp/zero"], ["rp/back"]),
+        helper.make_node("Shape", ["attention_mask"], ["rp/batch_sequence"]),
+        helper.make_node("Concat", ["rp/batch_sequence", "rp/minus_one"], ["rp/padded_shape"], axis=0),
+    ]
+    packed: dict[str, str] = {}  # tensor → its (tokens, ...) form
+    padded: dict[str, str] = {}  # tensor that exists packed → its (batch, sequence, ...) form
+    for node in graph.node:
+        activations = [i for i in node.input if i and i not in weights]
+        if _token_wise(node, activations, packed, weights):
+            outputs = [f"{o}/packed" for o in node.output]
+            clone = helper.make_node(node.op_type, [packed.get(i, i) for i in node.input], outputs, name=node.name,
+                                     domain=node.domain)  # fmt: skip
+            clone.attribute.extend(node.attribute)
+            nodes.append(clone)
+            packed.update(zip(node.output, outputs, strict=True))
+            continue
+        for name in node.input:
+            if name in packed and name not in padded:
+                padded[name] = f"{name}/padded"
+                nodes += [
+                    helper.make_node("Gather", [packed[name], "rp/back"], [f"{name}/padded_flat"], axis=0),
+                    helper.make_node("Reshape", [f"{name}/padded_flat", "rp/padded_shape"], [padded[name]]),
+                ]
+        inputs = [padded.get(i, i) for i in node.input]
+        del node.input[:]
+        node.input.extend(inputs)
+        nodes.append(node)
+        if node.op_type in PADDED_SOURCES:
+            out = node.output[0]
+            packed[out], padded[out] = f"{out}/packed", out
+            nodes += [
+                helper.make_node("Flatten", [out], [f"{out}/flat"], axis=2),
+                helper.make_node("Gather", [f"{out}/flat", "rp/idx"], [packed[out]], axis=0),
+            ]
+    for output in graph.output:
+        if output.name in packed and padded.get(output.name) != output.name:
+            nodes.append(helper.make_node("Identity", [padded.get(output.name, packed[output.name])], [output.name]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # shapes of the rewritten tensors changed; ORT infers them at load
+    save_onnx_proto(proto, target)
+    return True
+
+
+def _token_wise(node: Any, activations: list[str], packed: dict[str, str], weights: dict[str, Any]) -> bool:
+    """Whether `node` can run on packed tokens: a token-wise op whose activation inputs are all packed."""
+    if node.op_type not in TOKEN_WISE_OPS or not activations or not all(i in packed for i in activations):
+        return False
+    if node.op_type == "MatMul":  # activations × a constant 2-D weight, not a batched product of activations
+        return len(node.input) == 2 and node.input[1] in weights and len(weights[node.input[1]].dims) == 2
+    if node.op_type == "LayerNormalization":  # over the last (hidden) axis only
+        return all(a.i == -1 for a in node.attribute if a.name == "axis")
+    return True
+
+
 def optimize_transformer(model: ModelHandle, source: Path, target: Path, *, where: str) -> Path:
     """Fuse attention, layer norm and GELU (ORT's transformer optimizer, model_type bert); return `target`.
 
@@ -280,7 +420,11 @@ def _heads_pruned(network: object, config_heads: int) -> bool:
 def save_onnx(source: Path, target: Path) -> None:
     """Copy a graph into the artifact; weights go to one `<name>.data` file when protobuf cannot hold them."""
     onnx = import_optional("onnx", "onnx")
-    proto = onnx.load(str(source))
+    save_onnx_proto(onnx.load(str(source)), target)
+
+
+def save_onnx_proto(proto: Any, target: Path) -> None:
+    onnx = import_optional("onnx", "onnx")
     large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     onnx.save(proto, str(target), save_as_external_data=large, all_tensors_to_one_file=True,
               location=f"{target.name}.data")  # fmt: skip

@@ -170,6 +170,31 @@ def test_remove_padding_runs_the_layers_on_real_tokens_with_the_same_logits(bert
     assert "real (attention_mask = 1) tokens" in (out_dir / "deploy.md").read_text()
 
 
+def test_remove_padding_restores_a_token_level_graph_output(bert, sst2_dev, tmp_path):
+    """A (batch, sequence, hidden) output computed by packed layers comes back in the padded layout, equal to the
+    padded graph's at every real position."""
+    import onnxruntime as ort
+
+    from compress.export.onnx import remove_padding
+
+    padded_dir, _ = export(bert, tmp_path, optimize=True, remove_padding=False)
+    graph = onnx.load(str(padded_dir / "model.onnx"))
+    hidden = [n.output[0] for n in graph.graph.node if n.op_type == "SkipLayerNormalization"][-1]
+    graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(hidden))
+    onnx.save(graph, str(tmp_path / "padded.onnx"))
+    assert remove_padding(tmp_path / "padded.onnx", tmp_path / "unpadded.onnx")
+    batch = batches(bert, sst2_dev.head(16), 16)[0]
+    results = []
+    for name in ("padded.onnx", "unpadded.onnx"):
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        results.append(session.run(["logits", hidden], {i.name: batch[i.name] for i in session.get_inputs()}))
+    (logits, states), (unpadded_logits, unpadded_states) = results
+    assert unpadded_states.shape == states.shape == (*batch["input_ids"].shape, 32)
+    real = batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(unpadded_states[real], states[real], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(unpadded_logits, logits, atol=1e-5, rtol=0)
+
+
 def test_dynamic_int8_without_padding_agrees_with_fp32(bert, sst2_dev, tmp_path):
     reference = TorchRuntime(bert)
     out_dir, runtime = export(bert, tmp_path, quantize="dynamic", remove_padding=True)

@@ -324,24 +324,27 @@ def remove_padding(source: Path, target: Path) -> bool:
     ]
     packed: dict[str, str] = {}  # tensor → its (tokens, ...) form
     padded: dict[str, str] = {}  # tensor that exists packed → its (batch, sequence, ...) form
+
+    def restore(name: str) -> str:
+        if name not in padded:
+            padded[name] = f"{name}/padded"
+            nodes.extend([
+                helper.make_node("Gather", [packed[name], "rp/back"], [f"{name}/padded_flat"], axis=0),
+                helper.make_node("Reshape", [f"{name}/padded_flat", "rp/padded_shape"], [padded[name]]),
+            ])  # fmt: skip
+        return padded[name]
+
     for node in graph.node:
         activations = [i for i in node.input if i and i not in weights]
         if _token_wise(node, activations, packed, weights):
-            outputs = [f"{o}/packed" for o in node.output]
+            outputs = [f"{o}/packed" if o else "" for o in node.output]  # "" is an omitted optional output
             clone = helper.make_node(node.op_type, [packed.get(i, i) for i in node.input], outputs, name=node.name,
                                      domain=node.domain)  # fmt: skip
             clone.attribute.extend(node.attribute)
             nodes.append(clone)
-            packed.update(zip(node.output, outputs, strict=True))
+            packed.update((o, p) for o, p in zip(node.output, outputs, strict=True) if o)
             continue
-        for name in node.input:
-            if name in packed and name not in padded:
-                padded[name] = f"{name}/padded"
-                nodes += [
-                    helper.make_node("Gather", [packed[name], "rp/back"], [f"{name}/padded_flat"], axis=0),
-                    helper.make_node("Reshape", [f"{name}/padded_flat", "rp/padded_shape"], [padded[name]]),
-                ]
-        inputs = [padded.get(i, i) for i in node.input]
+        inputs = [restore(i) if i in packed else i for i in node.input]
         del node.input[:]
         node.input.extend(inputs)
         nodes.append(node)
@@ -353,8 +356,8 @@ def remove_padding(source: Path, target: Path) -> bool:
                 helper.make_node("Gather", [f"{out}/flat", "rp/idx"], [packed[out]], axis=0),
             ]
     for output in graph.output:
-        if output.name in packed and padded.get(output.name) != output.name:
-            nodes.append(helper.make_node("Identity", [padded.get(output.name, packed[output.name])], [output.name]))
+        if output.name in packed and restore(output.name) != output.name:
+            nodes.append(helper.make_node("Identity", [padded[output.name]], [output.name]))
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # shapes of the rewritten tensors changed; ORT infers them at load

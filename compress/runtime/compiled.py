@@ -101,20 +101,20 @@ class CompiledTorchRuntime(TorchRuntime):
             # torch.compile only compiles the kernels (its own graphs off).
             compile_mode = "default" if static else mode
             self._forward = torch.compile(self._forward, mode=compile_mode, dynamic=False)
+        self._names = [n for n in INPUT_ORDER if n in self._input_names]  # the order inputs are stacked in
         if static:
-            self._graphs = ShapeGraphs(self._forward, [n for n in INPUT_ORDER if n in self._input_names],
-                                       self.torch_device)  # fmt: skip
+            self._graphs = ShapeGraphs(self._forward, self._names, self.torch_device)
 
     @torch.inference_mode()
     def predict(self, batch: Mapping[str, np.ndarray]) -> RuntimeOutput:
         rows, length = np.shape(batch["input_ids"])
         shaped = pad_to(
-            {k: v for k, v in batch.items() if k in self._input_names},
+            {k: batch[k] for k in self._names if k in batch},
             bucket(rows, self.batch_buckets),
             bucket(length, self.length_buckets),
             self.pad_id,
         )
-        names = [n for n in INPUT_ORDER if n in shaped]
+        names = list(shaped)  # in `_names` order: what the tokenizer gave of the model's inputs
         host = np.stack([shaped[n] for n in names])
         if self._graphs is not None:
             outputs = self._graphs(host)

@@ -73,6 +73,10 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
     for method in ("wanda", "sparsegpt"):  # the papers' calibration (128 × 2,048 tokens), at 50 %
         summary[f"{method}_50_cal2048_ppl"] = ppl(f"{method}-50-cal2048")
     summary["sparsegpt_2of4_w4_ppl"] = ppl("sparsegpt-2of4-w4")
+    # After the `recover` step (trained towards the dense model, zeros kept): reported beside the one-shot
+    # figures, which alone decide the targets.
+    for name in ("wanda-50", "sparsegpt-50", "sparsegpt-2of4"):
+        summary[f"{name.replace('-', '_')}_recovered_ppl"] = ppl(f"{name}-recovered")
     magnitude = summary["magnitude_2of4_ppl"]
 
     def at_most(value: float | None, bound: float | None) -> bool | None:

@@ -98,6 +98,13 @@ class Recipe:
                     where=f"steps[{i}].{step.name}.source",
                     fix=f"use one of: {', '.join(earlier)}",
                 )
+            for field, stage in step.stage_inputs().items():
+                if stage not in earlier:
+                    raise ConfigError(
+                        f"{step.name} {field} '{stage}' is not an earlier stage of this recipe",
+                        where=f"steps[{i}].{step.name}.{field}",
+                        fix=f"use one of: {', '.join(earlier)}",
+                    )
         for i, exporter in enumerate(self.exports):
             if exporter.config.source is not None and exporter.config.source not in step_names:
                 raise ConfigError(

@@ -145,7 +145,14 @@ class Runner:
             work_dir=self.store.work_dir(key),
             seed=self.recipe.seed,
             base_dir=self.recipe.base_dir,
+            stage=self._stage_copy,
         )
+
+    def _stage_copy(self, name: str) -> ModelHandle:
+        """A fresh copy of an earlier stage's model (the baseline from its source, others from their folder),
+        which the step may keep beside the model it transforms."""
+        stage_dir = self.models[name][0]
+        return self._load_source() if name == "baseline" else _lazy_load(stage_dir / "model", self.device)()
 
     def _evaluate(
         self, result: StageResult, runtime: Runtime, stage_dir: Path, source_outputs: np.ndarray | None
@@ -291,6 +298,8 @@ class Runner:
                 self._release(previous_name)  # not needed in memory: it reloads if an export names it
             source_dir, _, source_key = self.models[source_name]
             key = stable_hash(source_key, step.cache_key())
+            if step.stage_inputs():  # e.g. a teacher stage: retraining it must change this stage too
+                key = stable_hash(key, [self.models[name][2] for name in step.stage_inputs().values()])
             stage_dir = self.store.stage_dir(index, step.label, key)
             result = self._cached(stage_dir, "model")
             if result is None:

@@ -30,6 +30,10 @@ class StepConfig(Schema):
     )
 
 
+def _no_stage(name: str) -> ModelHandle:
+    raise LookupError(f"stage '{name}' is not available here: only a recipe run hands out earlier stages")
+
+
 @dataclass
 class StageContext:
     """What a step or exporter may use besides the model: the user's data, the evaluator, a device, a folder.
@@ -46,6 +50,8 @@ class StageContext:
     work_dir: Path
     seed: int = 0
     base_dir: Path = Path()  # relative paths in step settings are relative to the recipe's folder
+    # A fresh copy of an earlier stage's model, by stage name, for the stages a step names in `stage_inputs`.
+    stage: Callable[[str], ModelHandle] = _no_stage
 
 
 class Step(ABC):
@@ -80,6 +86,13 @@ class Step(ABC):
     def details(self) -> dict[str, Any]:
         """What the last `apply` found that the report should keep (e.g. a search's scores)."""
         return self._details
+
+    def stage_inputs(self) -> dict[str, str]:
+        """Earlier stages this step reads besides its source (e.g. a teacher), as {config field: stage name}.
+
+        The recipe checks each names an earlier stage, the runner keys this stage by theirs too and hands
+        them out through `StageContext.stage`."""
+        return {}
 
     def cache_key(self) -> dict[str, Any]:
         # Settings that cannot change the result stay out of the key, so toggling them reuses the cache.

@@ -13,6 +13,7 @@ from compress.models.handle import ModelHandle
 from compress.quantize.calibration import calibration_windows
 from compress.quantize.memory_estimate import check_fits, estimate_layerwise
 from compress.steps.base import StageContext
+from compress.steps.quantize.config import TextWindows
 
 
 class CalibrationMixin:
@@ -46,25 +47,21 @@ class CalibrationMixin:
 
     def calibration_batches(self, model: ModelHandle, ctx: StageContext) -> list[torch.Tensor]:
         spec = self.config.calibration
-        seed = ctx.seed if spec.seed is None else spec.seed
-        windows = calibration_windows(
-            model.tokenizer,
-            self._calibration_text(ctx),
-            spec.samples,
-            spec.seq_len,
-            seed,
-            where=f"{self.name}.calibration",
-        )
+        windows = text_windows(model, spec, ctx, where=f"{self.name}.calibration")
         return list(windows.split(spec.batch_size))
 
-    def _calibration_text(self, ctx: StageContext) -> TextData:
-        spec = self.config.calibration
-        if spec.data is None:
-            # Enough documents for the windows: short ones (C4's median is ~400 tokens) need many.
-            return ctx.calibration_data(max(1000, 8 * spec.samples))
-        from compress.data.load import load_text_data
 
-        data_spec = DataSpec(path=spec.data, text=spec.text, label=None)
-        return load_text_data(
-            data_spec, "train", task="causal-lm", base_dir=ctx.base_dir, where=f"{self.name}.calibration.data"
-        )
+def text_windows(model: ModelHandle, spec: TextWindows, ctx: StageContext, where: str) -> torch.Tensor:
+    """(samples, seq_len) token ids drawn as `spec` says; DataError naming `where` when the text is too short."""
+    seed = ctx.seed if spec.seed is None else spec.seed
+    return calibration_windows(model.tokenizer, _window_text(spec, ctx, where), spec.samples, spec.seq_len, seed, where)
+
+
+def _window_text(spec: TextWindows, ctx: StageContext, where: str) -> TextData:
+    if spec.data is None:
+        # Enough documents for the windows: short ones (C4's median is ~400 tokens) need many.
+        return ctx.calibration_data(max(1000, 8 * spec.samples))
+    from compress.data.load import load_text_data
+
+    data_spec = DataSpec(path=spec.data, text=spec.text, label=None)
+    return load_text_data(data_spec, "train", task="causal-lm", base_dir=ctx.base_dir, where=f"{where}.data")

@@ -1,7 +1,8 @@
 """Distillation losses as plain functions of tensors.
 
-Shapes: logits (batch, classes); hidden states (batch, seq, width), one per layer, index 0 the embeddings (as
-transformers returns them); attention probabilities (batch, heads, seq, seq), one per layer.
+Shapes: logits (batch, classes), a causal LM's (batch, seq, vocab); hidden states (batch, seq, width), one per
+layer, index 0 the embeddings (as transformers returns them); attention probabilities (batch, heads, seq, seq),
+one per layer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     if not labelled.any():
         return student_logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
     return F.cross_entropy(student_logits.float()[labelled], labels[labelled])
+
+
+def next_token_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """A causal LM's soft-target loss: `soft_target_kl` over every real token's next-token distribution.
+
+    Logits (batch, seq, vocab); padded positions (mask 0) do not count; averaged over tokens, not rows.
+    """
+    real = attention_mask.bool()
+    return soft_target_kl(student_logits[real], teacher_logits[real], temperature)
+
+
+def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Language-modelling cross-entropy: each real position predicts the next real token."""
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_LABEL)
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_LABEL)
 
 
 def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:

@@ -11,19 +11,24 @@ from compress.quantize.scheme import QuantScheme
 from compress.steps.base import StepConfig
 
 
-class CalibrationSpec(Schema):
-    """Text the calibrated methods (GPTQ, AWQ) observe: seeded random windows of `seq_len` tokens."""
+class TextWindows(Schema):
+    """Seeded random windows of `seq_len` tokens from the recipe's calibration split or a text file."""
 
-    samples: PositiveInt = Field(128, description="Number of calibration windows.")
+    samples: PositiveInt = Field(128, description="Number of windows.")
     seq_len: PositiveInt = Field(512, description="Tokens per window.")
-    batch_size: PositiveInt = Field(8, description="Windows per forward pass (memory vs. speed).")
     seed: int | None = Field(None, description="Seed for drawing windows; default: the recipe's seed.")
     data: str | None = Field(
         None,
-        description="A text file (txt/jsonl/csv/…; relative to the recipe) to calibrate on instead of the "
+        description="A text file (txt/jsonl/csv/…; relative to the recipe) to draw from instead of the "
         "recipe's calibration split (`data.calibration_split`, default the train split).",
     )
     text: str = Field("text", description="Column of `data` holding the text.")
+
+
+class CalibrationSpec(TextWindows):
+    """Text the calibrated methods (GPTQ, AWQ, Wanda, SparseGPT) observe."""
+
+    batch_size: PositiveInt = Field(8, description="Windows per forward pass (memory vs. speed).")
 
 
 class WeightQuantConfig(StepConfig):

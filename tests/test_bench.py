@@ -14,7 +14,7 @@ from train_helpers import make_context
 from compress.artifacts import artifact_format, open_artifact, run_artifacts
 from compress.bench.measure import P99_MIN_SAMPLES, REAL, Plan, Point, batches_for, measure_point
 from compress.bench.merge import load_runs, read_runs, write_report
-from compress.bench.run import BenchResults, BenchSpec, bench
+from compress.bench.run import BenchResults, BenchSpec, bench, expand
 from compress.bench.served import serve
 from compress.bench.sla import search_sla_batch
 from compress.data.text_data import TextData
@@ -53,6 +53,19 @@ def test_artifacts_open_by_their_recorded_format(tiny_bert: ModelHandle, onnx_di
     import compress as cx
 
     assert cx.open is open_artifact
+
+
+def test_a_stage_folder_is_labelled_by_its_run_and_stage(onnx_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    stage = tmp_path / "flagship" / "stages" / "04-export-onnx-0123456789" / "artifact"
+    shutil.copytree(onnx_dir, stage)
+    report = {"stages": [{"name": "export:onnx", "status": "ok", "artifact": str(stage)}]}
+    (tmp_path / "flagship" / "report.json").write_text(json.dumps(report))
+    assert expand([tmp_path / "flagship"]) == [("flagship/export:onnx", tmp_path / "flagship" / "stages" /
+                                               "04-export-onnx-0123456789" / "artifact")]  # fmt: skip
+    assert expand([stage]) == [("flagship/export:onnx", stage)]
+    assert expand([onnx_dir]) == [(str(onnx_dir), onnx_dir)]
 
 
 def test_what_is_not_an_artifact_says_so(tmp_path: Path) -> None:
@@ -103,6 +116,18 @@ def test_served_load_batches_more_as_the_rate_rises_and_saturates(onnx_dir: Path
     assert light.mean_batch < 1.5 and not light.saturated and light.p50_ms < 200
     assert heavy.mean_batch == pytest.approx(16, abs=0.1) and heavy.saturated
     assert heavy.achieved_per_s < 1e6 and heavy.p99_ms > light.p99_ms
+
+
+def test_a_queue_that_falls_behind_slowly_is_saturated(onnx_dir: Path, sst2_dev: TextData) -> None:
+    """One request at a time: offered 3x what the worker serves, the backlog grows; offered 0.2x, it drains (wide
+    margins: the machine's speed may change between the probe and the runs)."""
+    runtime = open_artifact(onnx_dir, device="cpu", threads=1)
+    probe = serve(runtime, sst2_dev, rate_per_s=1e6, window_ms=0, max_batch=1, requests=100)
+    capacity = probe.achieved_per_s
+    behind = serve(runtime, sst2_dev, rate_per_s=3 * capacity, window_ms=0, max_batch=1, requests=300)
+    keeping_up = serve(runtime, sst2_dev, rate_per_s=0.2 * capacity, window_ms=0, max_batch=1, requests=300)
+    assert behind.saturated and not keeping_up.saturated
+    assert behind.p99_ms > 3 * keeping_up.p99_ms
 
 
 def test_a_run_folder_is_benched_stage_by_stage_and_unrunnable_artifacts_are_rows(

@@ -13,6 +13,7 @@ from quant_helpers import context, copy_of, logits, probe_ids, tiny_llm_files
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
+from compress.prune.sparsity import follows_n_m
 from compress.recipe import Recipe
 from compress.steps.distill.losses import next_token_ce, next_token_kl
 from compress.steps.prune.magnitude import Magnitude
@@ -117,3 +118,19 @@ def test_next_token_losses_match_transformers(tiny_llama: ModelHandle, wiki: Tex
     noisy[:, -8:] = torch.randn_like(noisy[:, -8:]) * 10
     assert float(next_token_kl(noisy, out.logits, mask, 1.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(next_token_ce(noisy, ids, mask)) == pytest.approx(float(next_token_ce(out.logits, ids, mask)))
+
+
+@pytest.mark.gpu
+def test_recovery_runs_on_cuda_in_bf16(tiny_llama: ModelHandle, wiki: TextData, tmp_path: Path) -> None:
+    dense = copy_of(tiny_llama)
+    ids = probe_ids(tiny_llama, wiki)
+    reference = logits(dense.model, ids)
+    pruned = Magnitude(pattern="2:4").apply(tiny_llama, context(wiki, tmp_path))
+    before = kl_to(reference, pruned.model, ids)
+    ctx = context(wiki, tmp_path)
+    ctx.device = torch.device("cuda")
+    ctx.stage = lambda name: copy_of(dense)
+    recovered = Recover(**FAST, mixed_precision="bf16").apply(pruned, ctx)
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in recovered.model.parameters())
+    assert all(follows_n_m(m.weight, 2, 4) for n, m in recovered.model.named_modules() if n.endswith("proj"))
+    assert kl_to(reference, recovered.model, ids) < before

@@ -77,8 +77,18 @@ def expand(paths: list[Path]) -> list[tuple[str, Path]]:
         if (path / REPORT).is_file():
             found += [(f"{path.name}/{stage}", folder) for stage, folder in run_artifacts(path).items()]
         else:
-            found.append((str(path), path))
+            found.append((_label(path), path))
     return found
+
+
+def _label(folder: Path) -> str:
+    """One stage's artifact inside a run folder is labelled `<run>/<stage>` too; any other folder by its path."""
+    run = folder.parent.parent.parent
+    if folder.parent.parent.name == "stages" and (run / REPORT).is_file():
+        for stage, artifact in run_artifacts(run).items():
+            if artifact.resolve() == folder.resolve():
+                return f"{run.name}/{stage}"
+    return str(folder)
 
 
 def bench(

@@ -11,7 +11,7 @@ import torch
 from quant_helpers import context, copy_of, logits, probe_ids, tiny_llm_files
 
 from compress.data.text_data import TextData
-from compress.errors import ConfigError
+from compress.errors import ConfigError, DataError
 from compress.models.handle import ModelHandle
 from compress.prune.sparsity import follows_n_m
 from compress.recipe import Recipe
@@ -97,6 +97,9 @@ def test_what_recover_cannot_train_fails_before_any_work(
     with pytest.raises(ConfigError) as error:
         Recover(**FAST).apply(tiny_bert, ctx)
     assert error.value.where == "steps.recover" and "distill" in error.value.fix
+    with pytest.raises(DataError) as error:
+        Recover(data={"samples": 4, "seq_len": 1_000_000}).apply(tiny_llama, ctx)
+    assert error.value.where == "steps.recover.data.samples"
     quantized = RTN(group_size=16).apply(tiny_llama, ctx)
     with pytest.raises(ConfigError) as error:
         Recover(**FAST).apply(quantized, ctx)

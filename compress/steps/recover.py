@@ -67,6 +67,8 @@ class Recover(Step):
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         cfg = self.config.model_copy(update={"progress": self.config.progress and self.progress})
         self._check_trainable(model)
+        windows = text_windows(model, cfg.data, ctx, where="steps.recover.data")
+        rows = [{"input_ids": ids, "labels": IGNORE_LABEL, "index": i} for i, ids in enumerate(windows.tolist())]
         teacher = ctx.stage(cfg.teacher).model.float().eval().requires_grad_(False)
         if teacher.config.vocab_size != model.model.config.vocab_size:
             raise ConfigError(
@@ -75,8 +77,6 @@ class Recover(Step):
                 where="steps.recover.teacher",
                 fix="name the stage the model was pruned from (its vocabulary must be the same)",
             )
-        windows = text_windows(model, cfg.data, ctx, where="recover.data")
-        rows = [{"input_ids": ids, "labels": IGNORE_LABEL, "index": i} for i, ids in enumerate(windows.tolist())]
 
         def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

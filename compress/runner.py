@@ -149,10 +149,12 @@ class Runner:
         )
 
     def _stage_copy(self, name: str) -> ModelHandle:
-        """A fresh copy of an earlier stage's model (the baseline from its source, others from their folder),
-        which the step may keep beside the model it transforms."""
-        stage_dir = self.models[name][0]
-        return self._load_source() if name == "baseline" else _lazy_load(stage_dir / "model", self.device)()
+        """A fresh copy of an earlier stage's model, which the step may keep beside the model it transforms."""
+        return self._loader(name)()
+
+    def _loader(self, name: str) -> Callable[[], ModelHandle]:
+        """What loads a stage's model afresh: the baseline from its source, any other stage from its folder."""
+        return self._load_source if name == "baseline" else _lazy_load(self.models[name][0] / "model", self.device)
 
     def _evaluate(
         self, result: StageResult, runtime: Runtime, stage_dir: Path, source_outputs: np.ndarray | None
@@ -389,8 +391,7 @@ class Runner:
         """Forget a stage's in-memory model: it reloads from its folder (the baseline from its source)."""
         stage_dir, handle, key = self.models[name]
         if not callable(handle):
-            loader = self._load_source if name == "baseline" else _lazy_load(stage_dir / "model", self.device)
-            self.models[name] = (stage_dir, loader, key)
+            self.models[name] = (stage_dir, self._loader(name), key)
 
     def _baseline(self, key: str) -> None:
         stage_dir = self.store.stage_dir(0, "baseline", key)

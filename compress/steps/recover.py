@@ -68,7 +68,8 @@ class Recover(Step):
         cfg = self.config.model_copy(update={"progress": self.config.progress and self.progress})
         self._check_trainable(model)
         windows = text_windows(model, cfg.data, ctx, where="steps.recover.data")
-        rows = [{"input_ids": ids, "labels": IGNORE_LABEL, "index": i} for i, ids in enumerate(windows.tolist())]
+        window_ids = windows.tolist()
+        rows = [{"input_ids": ids, "labels": IGNORE_LABEL, "index": i} for i, ids in enumerate(window_ids)]
         teacher = ctx.stage(cfg.teacher).model.float().eval().requires_grad_(False)
         if teacher.config.vocab_size != model.model.config.vocab_size:
             raise ConfigError(
@@ -99,7 +100,7 @@ class Recover(Step):
                 model_fingerprint(model.model),
                 model_fingerprint(teacher),
                 tokenizer_fingerprint(model.tokenizer),
-                windows.tolist(),
+                window_ids,
             ]
         )
         result = train(

@@ -1,24 +1,42 @@
 """Flagship benchmark: distill-BERT-then-INT8 vs its FP32 PyTorch teacher, every stage in one run.
 
-    python benchmarks/bench_distill.py                          # CPU → benchmarks/results/distill-bert-then-int8.json
+    python benchmarks/bench_distill.py            # CPU, the recipe as bundled → results/distill-bert-then-int8-12k.json
     python benchmarks/bench_distill.py --gpu                    # train and evaluate PyTorch stages on CUDA
     python benchmarks/bench_distill.py --gpu --train-limit 0 --seeds 0,1,2   # full-data teacher, three students
+    python benchmarks/bench_distill.py --evaluate-here RUN0 RUN1 RUN2   # those runs' teacher and final artifact, here
 
 Several seeds run one after another in one run folder: the teacher (whose key holds no distill seed) is trained
 once and reused, and only the stages from `distill` on are trained again per seed (`steps.1.distill.seed`).
 Targets (issue): final artifact ≥ 99 % of the teacher's accuracy at ≥ 10x its throughput, on every seed.
+
+`--evaluate-here` is how GPU-trained runs get their CPU figures: each run folder's teacher stage and final artifact
+(copied from the GPU machine with their `report.json`) are measured on this machine exactly as the recipe measures
+its stages (its data, batch sizes and threads), and the seeds' record is written from those measurements alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from recipe_bench import REPO, parse_args, recipe_overrides, run_benchmark, throughput, write_record
+from recipe_bench import (
+    REPO,
+    machine,
+    parse_args,
+    recipe_overrides,
+    run_benchmark,
+    stage_row,
+    throughput,
+    write_record,
+)
 
+from compress.evaluate.artifact import evaluate_artifact
 from compress.recipe import Recipe
 from compress.result import StageResult
 
@@ -83,9 +101,14 @@ def across_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args(__doc__, extra=add_seed_options)
-    name = args.name or "distill-bert-then-int8" + ("-gpu" if args.gpu else "")
+    # distill-bert-then-int8.json itself is the issue's record: the full-data teacher's seeds, measured on the CPU.
+    variant = "-gpu" if args.gpu else "-12k" if args.train_limit is None else "-cpu"
+    name = args.name or "distill-bert-then-int8" + variant
     output = args.output or Path(f"runs/bench-{name}")
     title = f"distill-BERT-then-INT8 ({'GPU' if args.gpu else 'CPU'})"
+    if args.evaluate_here:
+        print(evaluate_here(args.evaluate_here, args.name or "distill-bert-then-int8")["summary"])
+        return
     if args.combine:
         records = [json.loads(path.read_text(encoding="utf-8")) for path in args.combine]
         print(write_combined(name, {r["overrides"].get(DISTILL_SEED, 0): r for r in records}, title)["summary"])
@@ -119,10 +142,60 @@ def write_combined(name: str, records: dict[int, dict[str, Any]], title: str) ->
     last = records[max(records)]
     summary = {"teacher_train_rows": last["train_rows"]} | across_seeds({s: r["summary"] for s, r in records.items()})
     overrides = {k: v for k, v in last["overrides"].items() if k != DISTILL_SEED}
-    combined = last | {"name": name, "overrides": overrides, "rows": rows, "summary": summary}
+    # Seeds run in parallel have one command each (their --seeds and --output differ).
+    command = "; ".join(dict.fromkeys(r["command"] for _, r in sorted(records.items())))
+    combined = last | {"name": name, "command": command, "overrides": overrides, "rows": rows, "summary": summary}
     batch_sizes = Recipe.from_yaml(RECIPE, overrides).evaluate.batch_sizes
     write_record(combined, batch_sizes, f"{title}, seeds {', '.join(map(str, sorted(records)))}")
     return combined
+
+
+def evaluate_here(runs: list[Path], name: str) -> dict[str, Any]:
+    """Each run's teacher and final artifact measured on this machine; one record over the runs' distill seeds.
+
+    A run folder needs its `report.json` and the two stages' folders under `stages/` (a teacher shared by several
+    runs is measured once)."""
+    recipe = Recipe.from_yaml(RECIPE, {"data.train_limit": None})
+    measured: dict[str, StageResult] = {}  # by the stage's recorded folder: a teacher shared by runs is measured once
+    per_seed: dict[int, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+        seed = report["resolved_recipe"]["steps"][1]["distill"]["seed"]
+        recorded = {s["name"]: StageResult.model_validate(s) for s in report["stages"]}
+        stages = []
+        for stage_name in ("teacher", FINAL):
+            stage = recorded[stage_name]
+            recorded_at = Path(stage.artifact or "")
+            if str(recorded_at) not in measured:
+                artifact = run / "stages" / recorded_at.parent.name / recorded_at.name
+                print(f"seed {seed}: measuring {stage_name} ({artifact}) on this machine", flush=True)
+                with tempfile.TemporaryDirectory() as scratch:
+                    evaluation = evaluate_artifact(artifact, recipe.data, recipe.evaluate, REPO / "recipes",
+                                                   Path(scratch), progress=False)  # fmt: skip
+                measured[str(recorded_at)] = stage.apply_evaluation(evaluation)
+                rows.append(
+                    stage_row(measured[str(recorded_at)]) | {"seed": seed, "stage": f"{stage_name} (seed {seed})"}
+                )
+            stages.append(measured[str(recorded_at)])
+        per_seed[seed] = summarize(stages)
+    summary = {"teacher_train_rows": report["dataset"]["train_rows"]} | across_seeds(per_seed)
+    record = {
+        "name": name,
+        "command": shlex.join(["python", "benchmarks/bench_distill.py", *sys.argv[1:]]),
+        "recipe": str(RECIPE.relative_to(REPO)),
+        "trained_on": report["environment"],
+        **machine(),
+        "threads": recipe.evaluate.threads,
+        "eval_samples": stages[0].eval_samples,
+        "rows": rows,
+        "summary": summary,
+        "report": ", ".join(str(run / "report.md") for run in runs),
+        "train_rows": summary["teacher_train_rows"],
+    }
+    seeds = ", ".join(map(str, sorted(per_seed)))
+    write_record(record, recipe.evaluate.batch_sizes, f"distill-BERT-then-INT8, seeds {seeds}, measured here")
+    return record
 
 
 def add_seed_options(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +207,10 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--combine", type=Path, nargs="+", default=None, metavar="SEED_RESULTS",
         help="write the seeds' combined record from per-seed results files (runs made in parallel)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--evaluate-here", type=Path, nargs="+", default=None, metavar="RUN",
+        help="measure these run folders' teacher and final artifact on this machine (GPU-trained runs' CPU figures)",
     )  # fmt: skip
 
 

@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--run", type=Path, required=True, help="a flagship run folder (bench_distill.py --gpu)")
     parser.add_argument("--teacher", default="teacher")
     parser.add_argument("--student", default="truncate")
-    parser.add_argument("--models", default="teacher,student", help="which of teacher,student to measure")
+    parser.add_argument("--models", default="teacher,student", help="teacher,student to measure, in this order")
     parser.add_argument("--skip", default="", help="comma-separated variants to leave out (e.g. 'compress aoti')")
     parser.add_argument("--data", default=str(ROOT.parent / "evals" / "data" / "sst2" / "dev.tsv"))
     parser.add_argument("--cpu-twin", default="export:ort-fp32",
@@ -162,12 +162,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     work = Path("/tmp/compress-gpu-path")
     # The run's FP32 ONNX export is of the final (student) stage; the teacher has none.
-    models = (("teacher", args.teacher, None), ("student", args.student, "export:ort-fp32"))
-    for role, stage, onnx in [m for m in models if m[0] in args.models.split(",")]:
+    models = {"teacher": (args.teacher, None), "student": (args.student, "export:ort-fp32")}
+    for role in args.models.split(","):  # in the order given: the part that matters most first
+        stage, onnx = models[role]
         folder = stage_model(args.run, stage)
         for variant, make in variants(folder, work, onnx and stage_model(args.run, onnx)).items():
             if variant in args.skip.split(","):
                 continue
+            torch._dynamo.reset()  # each variant compiles as in a process of its own (limits count per process)
             started = time.perf_counter()
             try:
                 runtime = make()

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipe_bench import REPO, ROOT, recipe_overrides, run_benchmark
+from recipe_bench import REPO, ROOT, recipe_overrides, record_from_report, run_benchmark
 
 from compress.io import atomic_write_text
 from compress.result import StageResult
@@ -32,6 +32,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=None, help="override data.limit: WikiText-2 test rows")
     parser.add_argument("--model", default=None, help="override model.source (e.g. a folder with the GGUF)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--from-report", type=Path, default=None, metavar="RUN",
+        help="write the results from this run folder's report.json (a GPU run whose benchmark was stopped)",
+    )  # fmt: skip
     parser.set_defaults(train_limit=None)
     return parser.parse_args()
 
@@ -158,6 +162,11 @@ def finish(record: dict[str, Any], name: str) -> None:
 def main() -> None:
     args = parse_args()
     name = "prune" + ("" if args.gpu else "-cpu")
+    if args.from_report:
+        record = record_from_report(name, args.from_report, summarize)
+        finish(record, name)
+        print(record["summary"])
+        return
     overrides = recipe_overrides(args)
     if args.rows is not None:
         overrides["data.limit"] = args.rows or None

@@ -127,12 +127,7 @@ def run_benchmark(
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "recipe": str(recipe_path.relative_to(REPO)) if recipe_path.is_relative_to(REPO) else str(recipe_path),
         "overrides": overrides or {},
-        "hardware": {k: environment()[k] for k in ("cpu", "cpu_flags", "cpu_count", "cuda", "platform")},
-        "versions": {
-            k: v
-            for k, v in environment().items()
-            if k not in ("cpu", "cpu_flags", "cpu_count", "cuda", "platform", "torch_threads")
-        },
+        **machine(),
         "threads": recipe.evaluate.threads,
         "eval_samples": result.stages[0].eval_samples,
         "rows": rows,
@@ -142,6 +137,41 @@ def run_benchmark(
     }
     write_record(record, recipe.evaluate.batch_sizes, title)
     return record
+
+
+HARDWARE = ("cpu", "cpu_flags", "cpu_count", "cuda", "platform")
+
+
+def machine(found: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """A record's `hardware` and `versions`: a machine's identity and its libraries (default: this one's)."""
+    found = found or environment()
+    return {
+        "hardware": {k: found[k] for k in HARDWARE},
+        "versions": {k: v for k, v in found.items() if k not in (*HARDWARE, "torch_threads")},
+    }
+
+
+def record_from_report(
+    name: str, run_dir: Path, summarize: Callable[[list[StageResult]], dict[str, Any]]
+) -> dict[str, Any]:
+    """A benchmark record from a run folder's report.json alone: for a run whose benchmark process was stopped
+    (a machine's time ran out) after some stages finished. Its machine is the one that ran it; stages that did
+    not finish are absent from the rows, and `finished_stages` says which did."""
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    stages = [StageResult.model_validate(s) for s in report["stages"]]
+    return {
+        "name": name,
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "recipe": report["recipe"],
+        **machine(report["environment"]),
+        "threads": report["resolved_recipe"]["evaluate"].get("threads"),
+        "eval_samples": stages[0].eval_samples,
+        "rows": [stage_row(s) for s in stages],
+        "summary": summarize(stages),
+        "report": str(run_dir / "report.md"),
+        "finished_stages": [s.name for s in stages],
+        "run_wall_seconds": report.get("wall_duration_s"),
+    }
 
 
 def write_record(record: dict[str, Any], batch_sizes: list[int], title: str = "") -> None:

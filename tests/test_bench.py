@@ -5,6 +5,7 @@ machines, and what cannot run here is reported as such."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from train_helpers import make_context
 
 from compress.artifacts import artifact_format, open_artifact, run_artifacts
 from compress.bench.measure import P99_MIN_SAMPLES, REAL, Plan, Point, batches_for, measure_point
-from compress.bench.merge import load_runs, read_runs, write_report
+from compress.bench.merge import load_runs, markdown, read_runs, write_report, write_results
 from compress.bench.run import BenchResults, BenchSpec, bench, expand
 from compress.bench.served import serve
 from compress.bench.sla import search_sla_batch
@@ -147,6 +148,25 @@ def test_a_run_folder_is_benched_stage_by_stage_and_unrunnable_artifacts_are_row
     assert results.served[0].max_batch == sla.best.batch_size  # served load batches up to the SLA batch
     (unavailable,) = results.unavailable
     assert unavailable.format == "tensorrt" and "not built" in unavailable.reason
+
+
+def test_results_are_written_after_each_artifact(onnx_dir: Path, sst2_dev: TextData, tmp_path: Path) -> None:
+    """A bench stopped midway (a machine's time ran out) keeps what it measured and names what it did not reach."""
+
+    second = tmp_path / "copy"
+    shutil.copytree(onnx_dir, second)
+    out = tmp_path / "out"
+    written: list[tuple[int, list[str]]] = []
+
+    def measured(so_far: BenchResults) -> None:
+        write_results(so_far, out)
+        (on_disk,) = load_runs([out / "bench.json"])
+        written.append((len(on_disk.points), on_disk.not_measured))
+        assert ("not measured" in markdown([on_disk])) == bool(on_disk.not_measured)  # merged reports say so
+
+    spec = BenchSpec(batch_sizes=[1], plan=QUICK, device="cpu", threads=1)
+    bench([onnx_dir, second], sst2_dev.head(4), spec, command="test", log=lambda _: None, measured=measured)
+    assert written == [(1, [str(second)]), (2, [])]
 
 
 def test_merge_combines_machines_and_refuses_foreign_files(onnx_dir: Path, sst2_dev: TextData, tmp_path: Path) -> None:

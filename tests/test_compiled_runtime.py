@@ -44,6 +44,21 @@ def test_padding_to_buckets_keeps_the_logits(tiny_bert: ModelHandle, sst2_dev: T
     assert runtime.describe()["runtime"] == "pytorch-compiled"
 
 
+def test_each_runtime_raises_the_recompile_limit_by_its_shapes(tiny_bert: ModelHandle) -> None:
+    """Runtimes in one process share one compiled code object: the limit must cover all their shapes, or the later
+    ones silently run eagerly (seen on the H200: the teacher, compiled after its student, at its eager speed)."""
+    config = torch._dynamo.config
+    with config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        first = CompiledTorchRuntime(tiny_bert, "cpu", dtype="float32", length_buckets=[16, 48], max_batch=8)
+        shapes = len(first.length_buckets) * len(first.batch_buckets)  # [16, 48, 512] × [1, 2, 4, 8]
+        assert shapes == 12 and config.recompile_limit == 8 + 12 and config.accumulated_recompile_limit == 256 + 12
+        CompiledTorchRuntime(tiny_bert, "cpu", dtype="float32", length_buckets=[16], max_batch=2)
+        assert config.recompile_limit == 8 + 12 + 2 * 2
+        CompiledTorchRuntime(tiny_bert, "cpu", dtype="float32", compile=False)  # nothing to compile, nothing raised
+        assert config.recompile_limit == 8 + 12 + 2 * 2
+    assert config.recompile_limit == 8
+
+
 def test_causal_lm_outputs_are_refused(tiny_llama: ModelHandle, sst2_dev: TextData, tmp_path: Path) -> None:
     with pytest.raises(NotEvaluable, match="sequence axis"):
         CompiledTorchRuntime(tiny_llama, "cpu", compile=False)

@@ -65,7 +65,7 @@ def bench_command(
 ) -> None:
     """Measure artifacts on this machine (latency percentiles, throughput, memory, SLA batch, served load), or
     merge bench.json files from several machines into one report."""
-    from compress.bench.merge import load_runs, write_report
+    from compress.bench.merge import load_runs, write_report, write_results
 
     if paths and paths[0] == MERGE:
         if len(paths) < 2:
@@ -104,5 +104,8 @@ def bench_command(
         coreml_compute_units=[u.strip() for u in coreml_compute_units.split(",")] if coreml_compute_units else [],
     )
     command = shlex.join(["compress", "bench", *sys.argv[2:]]) if len(sys.argv) > 2 else "compress bench"
-    results = bench([Path(p) for p in paths], texts, spec, command=command, machine_name=machine_name)
+    # bench.json is rewritten after every artifact: a bench stopped midway (a time limit, a crash) keeps what it
+    # measured, and says in `not_measured` what it did not reach.
+    results = bench([Path(p) for p in paths], texts, spec, command=command, machine_name=machine_name,
+                    measured=lambda so_far: write_results(so_far, output))  # fmt: skip
     print("\n".join(str(p) for p in write_report([results], output)))

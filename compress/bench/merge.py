@@ -92,6 +92,8 @@ def tables(runs: list[BenchResults]) -> dict[str, tuple[list[str], list[list[str
         for run in runs for s in run.served
     ]  # fmt: skip
     unavailable = [[run.machine_name, u.artifact, u.format or "—", u.reason] for run in runs for u in run.unavailable]
+    unavailable += [[run.machine_name, label, "—", "not measured: that machine's bench stopped before it"]
+                    for run in runs for label in run.not_measured]  # fmt: skip
     return {
         "Measured points": (
             ["machine", "artifact", "runtime", "precision", "batch", "length", "P50 ms", "P95 ms", "P99 ms",
@@ -156,10 +158,21 @@ def html(runs: list[BenchResults]) -> str:
     return "".join(parts)
 
 
+def _results_json(runs: list[BenchResults]) -> str:
+    return json.dumps({"runs": [r.model_dump(mode="json") for r in runs]}, indent=2) + "\n"
+
+
+def write_results(results: BenchResults, out_dir: Path) -> Path:
+    """Only bench.json (what `merge` reads): cheap enough to rewrite after every artifact."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "bench.json", _results_json([results]))
+    return out_dir / "bench.json"
+
+
 def write_report(runs: list[BenchResults], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {
-        "bench.json": json.dumps({"runs": [r.model_dump(mode="json") for r in runs]}, indent=2) + "\n",
+        "bench.json": _results_json(runs),
         "bench.md": markdown(runs),
         "bench.html": html(runs),
     }

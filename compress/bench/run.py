@@ -52,6 +52,10 @@ class BenchResults(BaseModel):
     sla: list[SlaResult] = Field(default_factory=list)
     served: list[ServedPoint] = Field(default_factory=list)
     unavailable: list[Unavailable] = Field(default_factory=list)
+    not_measured: list[str] = Field(
+        default_factory=list,
+        description="Artifacts still to measure when this file was written: a run cut short keeps what it measured.",
+    )
 
 
 @dataclass
@@ -99,7 +103,9 @@ def bench(
     command: str,
     machine_name: str | None = None,
     log: Callable[[str], None] = print,
+    measured: Callable[[BenchResults], None] | None = None,
 ) -> BenchResults:
+    """Measure every artifact in `paths`; `measured` gets the results so far after each one (to write them)."""
     results = BenchResults(
         machine_name=machine_name or platform.node() or "this machine",
         machine=environment(),
@@ -108,27 +114,42 @@ def bench(
         data={"source": data.source, "rows": len(data)},
         plan=vars(spec.plan) | {"lengths": spec.lengths, "batch_sizes": spec.batch_sizes},
     )
-    for label, folder, units in _variants(expand(paths), spec):
-        try:
-            runtime = open_artifact(
-                folder, device=spec.device, threads=spec.threads, task=spec.task, compute_units=units
-            )
-        except (NotEvaluable, ModelError) as exc:  # cannot run here, or damaged: a row saying why, then the next
-            results.unavailable.append(Unavailable(artifact=label, format=artifact_format(folder), reason=str(exc)))
-            log(f"{label}: not available here: {exc}")
-            continue
-        fmt = artifact_format(folder)
-        if _wants_cuda(spec.device) and fmt in CUDA_FORMATS and runtime.device == "cpu":
-            results.unavailable.append(Unavailable(
-                artifact=label, format=fmt,
-                reason=f"{runtime.name} has no CUDA path on this machine (for ONNX Runtime: pip install "
-                "onnxruntime-gpu); measured on the CPU instead",
-            ))  # fmt: skip
-        try:
-            _bench_runtime(runtime, label, data, spec, results, log)
-        finally:
-            runtime.close()
+    variants = _variants(expand(paths), spec)
+    results.not_measured = [label for label, _, _ in variants]
+    for label, folder, units in variants:
+        _bench_artifact(label, folder, units, data, spec, results, log)
+        results.not_measured.remove(label)
+        if measured is not None:
+            measured(results)
     return results
+
+
+def _bench_artifact(
+    label: str,
+    folder: Path,
+    units: str | None,
+    data: TextData,
+    spec: BenchSpec,
+    results: BenchResults,
+    log: Callable[[str], None],
+) -> None:
+    try:
+        runtime = open_artifact(folder, device=spec.device, threads=spec.threads, task=spec.task, compute_units=units)
+    except (NotEvaluable, ModelError) as exc:  # cannot run here, or damaged: a row saying why, then the next
+        results.unavailable.append(Unavailable(artifact=label, format=artifact_format(folder), reason=str(exc)))
+        log(f"{label}: not available here: {exc}")
+        return
+    fmt = artifact_format(folder)
+    if _wants_cuda(spec.device) and fmt in CUDA_FORMATS and runtime.device == "cpu":
+        results.unavailable.append(Unavailable(
+            artifact=label, format=fmt,
+            reason=f"{runtime.name} has no CUDA path on this machine (for ONNX Runtime: pip install "
+            "onnxruntime-gpu); measured on the CPU instead",
+        ))  # fmt: skip
+    try:
+        _bench_runtime(runtime, label, data, spec, results, log)
+    finally:
+        runtime.close()
 
 
 def _wants_cuda(device: str) -> bool:

@@ -12,7 +12,7 @@ import json
 import platform
 from pathlib import Path
 
-from compress.artifacts import open_artifact
+from compress.artifacts import artifact_format, open_artifact
 from compress.config import DataSpec, EvalSpec
 from compress.data.provider import DataProvider
 from compress.environment import environment
@@ -46,7 +46,7 @@ def evaluate_artifact(
         runtime.close()
     record = {
         "artifact": str(path),
-        "format": read_metadata(path).get("format"),
+        "format": artifact_format(path),
         "machine_name": platform.node(),
         "machine": environment(),
         "data": {"source": texts.source, "rows": len(texts)},

@@ -59,6 +59,19 @@ def pad_to(inputs: Mapping[str, np.ndarray], rows: int, length: int, pad_id: int
     return padded
 
 
+def allow_recompiles(shapes: int) -> None:
+    """Raise torch.compile's recompile limits by the `shapes` one more runtime may compile.
+
+    Dynamo counts compiled shapes per code object, and every runtime in a process compiles the same
+    `TorchRuntime._forward`: past the limit (8 by default) a new shape silently runs eagerly. On the H200 the
+    flagship's teacher, compiled after its student in one process, ran at its eager speed that way.
+    """
+    config = torch._dynamo.config
+    for limit in ("recompile_limit", "accumulated_recompile_limit"):
+        name = limit if hasattr(config, limit) else limit.replace("recompile", "cache_size")  # torch < 2.6's name
+        setattr(config, name, getattr(config, name) + shapes)
+
+
 class CompiledTorchRuntime(TorchRuntime):
     name = "pytorch-compiled"
     compiles_per_shape = True
@@ -100,6 +113,7 @@ class CompiledTorchRuntime(TorchRuntime):
             # dynamic=False: one graph per bucket, which is what lets CUDA graphs replay. Capturing them ourselves,
             # torch.compile only compiles the kernels (its own graphs off).
             compile_mode = "default" if static else mode
+            allow_recompiles(len(self.length_buckets) * len(self.batch_buckets))
             self._forward = torch.compile(self._forward, mode=compile_mode, dynamic=False)
         self._names = [n for n in INPUT_ORDER if n in self._input_names]  # the order inputs are stacked in
         if static:

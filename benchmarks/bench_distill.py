@@ -29,6 +29,7 @@ from recipe_bench import (
     REPO,
     machine,
     parse_args,
+    read_report,
     recipe_overrides,
     run_benchmark,
     stage_row,
@@ -160,7 +161,7 @@ def evaluate_here(runs: list[Path], name: str) -> dict[str, Any]:
     per_seed: dict[int, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for run in runs:
-        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+        report = read_report(run)
         seed = report["resolved_recipe"]["steps"][1]["distill"]["seed"]
         recorded = {s["name"]: StageResult.model_validate(s) for s in report["stages"]}
         stages = []

@@ -151,13 +151,21 @@ def machine(found: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     }
 
 
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """A run folder's report.json, or an exit naming the folder and what to copy."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        sys.exit(f"{run_dir} holds no report.json: give a run folder (copy its report.json with the stage folders)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def record_from_report(
     name: str, run_dir: Path, summarize: Callable[[list[StageResult]], dict[str, Any]]
 ) -> dict[str, Any]:
     """A benchmark record from a run folder's report.json alone: for a run whose benchmark process was stopped
     (a machine's time ran out) after some stages finished. Its machine is the one that ran it; stages that did
     not finish are absent from the rows, and `finished_stages` says which did."""
-    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    report = read_report(run_dir)
     stages = [StageResult.model_validate(s) for s in report["stages"]]
     return {
         "name": name,

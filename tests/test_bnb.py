@@ -9,14 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WIKITEXT
+from conftest import WIKITEXT, make_tiny_llama
 from quant_helpers import context, logits, probe_ids
+from transformers import BertTokenizerFast
 
 from compress.data.text_data import TextData
 from compress.errors import ConfigError, MissingExtra
 from compress.models.handle import ModelHandle
 from compress.steps.quantize.bnb import BitsAndBytes
 from compress.steps.quantize.rtn import RTN
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer: BertTokenizerFast) -> ModelHandle:
+    """64 wide, not conftest's 32: on a CPU with AVX-512 BF16, bitsandbytes repacks 4-bit weights for its CPU kernel,
+    which needs every Linear's input to span whole 64-value quantization blocks (a 32-wide input fails inside
+    bitsandbytes 0.50.2 with "shape '[32, 0]' is invalid"). Real models' widths are multiples of 64."""
+    return make_tiny_llama(tiny_tokenizer, hidden=64)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -29,6 +38,17 @@ def bnb_modules(model: torch.nn.Module) -> dict[str, str]:
         for name, m in model.named_modules()
         if type(m).__name__ in ("Linear8bitLt", "Linear4bit")
     }
+
+
+def assert_reloads_identically(reloaded: torch.Tensor, expected: torch.Tensor, quantized: torch.nn.Module) -> None:
+    """Bit for bit, except where bitsandbytes repacked 4-bit weights for its AVX-512 BF16 CPU kernel on the first
+    forward: that path computes in bfloat16 and a reloaded model is repacked, so equal to bfloat16's rounding."""
+    # The layer's own flag for that path (on a CPU tensor, in eval mode, without gradients).
+    packed = any(getattr(m, "support_avx512bf16_for_cpu", False) for m in quantized.modules())
+    if packed:
+        assert relative_error(reloaded, expected) < 1e-2
+    else:
+        assert torch.equal(reloaded, expected)
 
 
 def quantize(handle: ModelHandle, step: BitsAndBytes, wiki: TextData, tmp_path: Path, device: str = "cpu"):
@@ -74,7 +94,7 @@ def test_checkpoint_is_transformers_own_and_reloads_identically(
         assert config["bnb_4bit_use_double_quant"] and config["bnb_4bit_compute_dtype"] == "float32"
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "bnb", device_map={"": "cpu"}).eval()
     assert set(bnb_modules(reloaded).values()) == set(bnb_modules(handle.model).values())
-    assert torch.equal(logits(reloaded, ids), expected)
+    assert_reloads_identically(logits(reloaded, ids), expected, handle.model)
     size = (tmp_path / "bnb" / "model.safetensors").stat().st_size
     assert size < (tmp_path / "float" / "model.safetensors").stat().st_size  # (mostly float embeddings here)
 
@@ -92,7 +112,7 @@ def test_stage_saves_and_reloads_through_compress(tiny_llama: ModelHandle, wiki:
     assert config["quant_method"] == "bitsandbytes" and config["bnb_4bit_quant_type"] == "nf4"
     reloaded = load_handle(tmp_path / "stage")
     assert set(bnb_modules(reloaded.model).values()) == {"Linear4bit"}
-    assert torch.equal(logits(reloaded.model, ids), expected)
+    assert_reloads_identically(logits(reloaded.model, ids), expected, handle.model)
 
 
 def test_four_bit_on_cpu_is_close_to_the_float_model(tiny_llama: ModelHandle, wiki: TextData, tmp_path: Path) -> None:

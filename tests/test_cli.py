@@ -143,3 +143,28 @@ def test_eval_an_exported_artifact_measures_it_in_its_own_runtime(tmp_path, tiny
     expected = float(np.mean(predicted == np.asarray(sst2_dev.head(24).labels)))
     assert evaluation["metrics"]["accuracy"] == expected
     assert "accuracy" in proc.stdout and "| 8 |" in proc.stdout
+
+
+def test_a_saved_stage_is_measured_here_like_an_export(tmp_path, tiny_bert, sst2_dev):
+    """A stage folder trained elsewhere (`bench_distill.py --evaluate-here` measures teachers this way) opens as a
+    `pytorch` artifact: its accuracy is the model's own and the record names the format."""
+    import json
+
+    import numpy as np
+
+    from compress.config import DataSpec, EvalSpec
+    from compress.evaluate.artifact import evaluate_artifact
+    from compress.evaluate.batching import tokenize_batches
+    from compress.models.serialize import save_handle
+    from compress.runtime.torch import TorchRuntime
+
+    save_handle(tiny_bert, tmp_path / "model")
+    data = DataSpec(path=str(REPO / "evals/data/sst2/dev.tsv"), text="sentence", limit=16)
+    evaluation = evaluate_artifact(tmp_path / "model", data, EvalSpec(batch_sizes=[8], threads=1), REPO,
+                                   tmp_path / "out", progress=False)  # fmt: skip
+    record = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert record["format"] == "pytorch" and evaluation.runtime == "pytorch" and set(evaluation.latency) == {"8"}
+    runtime = TorchRuntime(tiny_bert)
+    predicted = np.concatenate([runtime.predict(b.inputs).numpy().argmax(-1) for b in tokenize_batches(
+        runtime.tokenizer, sst2_dev.head(16), 8, 128)])  # fmt: skip
+    assert evaluation.metrics["accuracy"] == float(np.mean(predicted == np.asarray(sst2_dev.head(16).labels)))

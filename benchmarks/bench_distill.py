@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from recipe_bench import (
     REPO,
+    command_line,
     machine,
     parse_args,
     read_report,
     recipe_overrides,
     run_benchmark,
+    stage_folder,
     stage_row,
     throughput,
     write_record,
@@ -167,23 +167,21 @@ def evaluate_here(runs: list[Path], name: str) -> dict[str, Any]:
         stages = []
         for stage_name in ("teacher", FINAL):
             stage = recorded[stage_name]
-            recorded_at = Path(stage.artifact or "")
-            if str(recorded_at) not in measured:
-                artifact = run / "stages" / recorded_at.parent.name / recorded_at.name
+            recorded_at = stage.artifact or ""
+            if recorded_at not in measured:
+                artifact = stage_folder(run, recorded_at)
                 print(f"seed {seed}: measuring {stage_name} ({artifact}) on this machine", flush=True)
                 with tempfile.TemporaryDirectory() as scratch:
                     evaluation = evaluate_artifact(artifact, recipe.data, recipe.evaluate, REPO / "recipes",
                                                    Path(scratch), progress=False)  # fmt: skip
-                measured[str(recorded_at)] = stage.apply_evaluation(evaluation)
-                rows.append(
-                    stage_row(measured[str(recorded_at)]) | {"seed": seed, "stage": f"{stage_name} (seed {seed})"}
-                )
-            stages.append(measured[str(recorded_at)])
+                measured[recorded_at] = stage.apply_evaluation(evaluation)
+                rows.append(stage_row(measured[recorded_at]) | {"seed": seed, "stage": f"{stage_name} (seed {seed})"})
+            stages.append(measured[recorded_at])
         per_seed[seed] = summarize(stages)
     summary = {"teacher_train_rows": report["dataset"]["train_rows"]} | across_seeds(per_seed)
     record = {
         "name": name,
-        "command": shlex.join(["python", "benchmarks/bench_distill.py", *sys.argv[1:]]),
+        "command": command_line(),
         "recipe": str(RECIPE.relative_to(REPO)),
         "trained_on": report["environment"],
         **machine(),

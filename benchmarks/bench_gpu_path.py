@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from recipe_bench import read_report, stage_folder
 
 from compress.artifacts import open_artifact
 from compress.bench.measure import REAL, Plan, measure_point
@@ -62,10 +63,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def stage_model(run: Path, stage: str) -> Path:
-    report = json.loads((run / "report.json").read_text())
-    (found,) = [s for s in report["stages"] if s["name"] == stage]
-    recorded = Path(found["artifact"])
-    return run / "stages" / recorded.parent.name / recorded.name
+    (found,) = [s for s in read_report(run)["stages"] if s["name"] == stage]
+    return stage_folder(run, found["artifact"])
 
 
 def accuracy(runtime: Runtime, data: Any, batch: int) -> float:
@@ -195,7 +194,7 @@ def main() -> None:
 
 
 def stage_accuracy(run: Path, stage: str) -> float | None:
-    report = json.loads((run / "report.json").read_text())
+    report = read_report(run)
     return next((s["metrics"].get("accuracy") for s in report["stages"] if s["name"] == stage), None)
 
 

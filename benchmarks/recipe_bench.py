@@ -124,7 +124,7 @@ def run_benchmark(
     rows = [stage_row(s) for s in result.stages]
     record: dict[str, Any] = {
         "name": name,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "recipe": str(recipe_path.relative_to(REPO)) if recipe_path.is_relative_to(REPO) else str(recipe_path),
         "overrides": overrides or {},
         **machine(),
@@ -140,6 +140,11 @@ def run_benchmark(
 
 
 HARDWARE = ("cpu", "cpu_flags", "cpu_count", "cuda", "platform")
+
+
+def command_line() -> str:
+    """How this benchmark was invoked, as one shell line."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
 def machine(found: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
@@ -159,6 +164,12 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def stage_folder(run_dir: Path, artifact: str | None) -> Path:
+    """Where a stage's recorded artifact lies in this copy of its run folder (made here or on another machine)."""
+    recorded = Path(artifact or "")
+    return run_dir / "stages" / recorded.parent.name / recorded.name
+
+
 def record_from_report(
     name: str, run_dir: Path, summarize: Callable[[list[StageResult]], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -169,7 +180,7 @@ def record_from_report(
     stages = [StageResult.model_validate(s) for s in report["stages"]]
     return {
         "name": name,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "recipe": report["recipe"],
         **machine(report["environment"]),
         "threads": report["resolved_recipe"]["evaluate"].get("threads"),

@@ -3,6 +3,7 @@ sentences, the teacher's fp32 eager throughput = 1.0.
 
     python benchmarks/bench_distill.py --gpu --output /tmp/runs/flagship      # trains the stages (once)
     python benchmarks/bench_gpu_path.py --run /tmp/runs/flagship               # this benchmark
+    python benchmarks/bench_gpu_path.py --combine TEACHER.json STUDENT.json    # records of runs cut short, joined
 
 Per model (teacher, student = the truncate stage) and batch size (32, 256): PyTorch fp32 eager, bf16 eager,
 plain bf16 + `torch.compile(mode="reduce-overhead")` on the real (dynamically padded) shapes, compress's
@@ -51,7 +52,12 @@ PLAN = Plan(passes=3, warmup=5, min_batches=20, min_seconds=1.0, max_seconds=20.
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a flagship run folder (bench_distill.py --gpu)")
+    parser.add_argument("--run", type=Path, help="a flagship run folder (bench_distill.py --gpu)")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", default=None, metavar="RECORD",
+        help="join the rows of gpu-path records from runs each cut short (e.g. one with the teacher's rows, one "
+        "with the student's) into one record that names every run; its ratios then span runs, and it says so",
+    )  # fmt: skip
     parser.add_argument("--teacher", default="teacher")
     parser.add_argument("--student", default="truncate")
     parser.add_argument("--models", default="teacher,student", help="teacher,student to measure, in this order")
@@ -154,6 +160,15 @@ def variants(folder: Path, work: Path, onnx: Path | None) -> dict[str, Callable[
 
 def main() -> None:
     args = parse_args()
+    if args.combine:
+        records = [json.loads(path.read_text()) for path in args.combine]
+        rows = [row | {"run": record["command"]} for record in records for row in record["rows"]]
+        twin = next((r["summary"]["cpu_twin_accuracy"] for r in records if r["summary"].get("cpu_twin_accuracy")), None)
+        record = write_record(rows, twin, [r["command"] for r in records], records[0]["hardware"])
+        print(json.dumps(record["summary"], indent=2))
+        return
+    if args.run is None:
+        sys.exit("give --run RUN_FOLDER (or --combine RECORD...)")
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
     data = DataProvider(DataSpec(path=args.data, text="sentence", label="label"), "text-classification", Path.cwd(),
@@ -198,14 +213,19 @@ def stage_accuracy(run: Path, stage: str) -> float | None:
     return next((s["metrics"].get("accuracy") for s in report["stages"] if s["name"] == stage), None)
 
 
-def write_record(rows: list[dict[str, Any]], cpu_twin: float | None) -> dict[str, Any]:
+def write_record(
+    rows: list[dict[str, Any]], cpu_twin: float | None, runs: list[str] | None = None, hardware: Any = None
+) -> dict[str, Any]:
+    """`runs`, `hardware`: the commands and machine of the runs whose rows were joined (`--combine`)."""
     record = {
         "name": NAME,
         "command": shlex.join(["python", "benchmarks/bench_gpu_path.py", *sys.argv[1:]]),
-        "hardware": environment(),
+        "hardware": hardware or environment(),
         "rows": rows,
-        "summary": summarize(rows, cpu_twin),
+        "summary": summarize(rows, cpu_twin) | {"runs": len(runs or [None])},
     }
+    if runs:
+        record["runs"] = runs
     atomic_write_text(ROOT / "results" / f"{NAME}.json", json.dumps(record, indent=2) + "\n")
     write_docs(record)
     return record
@@ -264,8 +284,12 @@ def write_docs(record: dict[str, Any]) -> None:
         lines.append(f"| {r['model']} | {variant} | {r['batch_size']} | {r['accuracy']:.2%} | "
                      f"{r['throughput_per_s']:,.0f} | {'—' if ratio is None else f'{ratio:.1f}x'} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
-    body = [f"# GPU path: {record['hardware']['cuda']}\n", f"Command: `{record['command']}`\n", "\n".join(lines),
-            "\n## Summary\n", "\n".join(f"- `{k}`: {v}" for k, v in record["summary"].items())]  # fmt: skip
+    runs = [f"- `{command}`" for command in record.get("runs", [])]
+    joined = ["Rows joined from these runs (same machine kind, same deterministic flagship; ratios between their "
+              "rows span runs):\n", *runs, ""] if runs else []  # fmt: skip
+    body = [f"# GPU path: {record['hardware']['cuda']}\n", f"Command: `{record['command']}`\n", *joined,
+            "\n".join(lines), "\n## Summary\n",
+            "\n".join(f"- `{k}`: {v}" for k, v in record["summary"].items())]  # fmt: skip
     atomic_write_text(ROOT.parent / "docs" / "benchmarks" / f"{NAME}.md", "\n".join(body) + "\n")
 
 

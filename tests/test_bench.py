@@ -110,6 +110,18 @@ def test_sla_search_grows_then_bisects() -> None:
     assert capped.best.batch_size == 100 and capped.limited_by_max_batch
 
 
+def test_sla_search_grows_past_one_noisy_miss() -> None:
+    def spiky(batch: int) -> Point:  # batch 2's P99 caught one stray slow batch; the curve itself holds to 36
+        point = _synthetic(batch)
+        return point.model_copy(update={"p99_ms": 50.0}) if batch == 2 else point
+
+    found = search_sla_batch(spiky, 20.0, max_batch=1024)
+    assert found.best is not None and found.best.batch_size == 36
+    assert [p.batch_size for p in found.probes][:3] == [1, 2, 4]
+    assert search_sla_batch(lambda b: _synthetic(b).model_copy(update={"p99_ms": 99.0}), 20.0).best is None
+    assert len(search_sla_batch(lambda b: _synthetic(b).model_copy(update={"p99_ms": 99.0}), 20.0).probes) == 2
+
+
 def test_served_load_batches_more_as_the_rate_rises_and_saturates(onnx_dir: Path, sst2_dev: TextData) -> None:
     runtime = open_artifact(onnx_dir, device="cpu", threads=1)
     light = serve(runtime, sst2_dev, rate_per_s=5, window_ms=5, max_batch=16, requests=60)

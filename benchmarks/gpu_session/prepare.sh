@@ -20,5 +20,6 @@ half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in w
 save_file(half, ".gpu/minilm-fp16/model.safetensors", metadata={"format": "pt"})
 PY
 gguf=${GGUF:-../shared/models/SmolLM2-135M-Instruct-Q4_1-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf}
-gzip -c "$gguf" | split -n 2 -d - .gguf/part_ && mv .gguf/part_00 .gguf/a/ && mv .gguf/part_01 .gguf/b/
+gzip -c "$gguf" > .gguf/smol.gz  # split -n needs a file (its size), not a pipe
+split -n 2 -d .gguf/smol.gz .gguf/part_ && rm .gguf/smol.gz && mv .gguf/part_00 .gguf/a/ && mv .gguf/part_01 .gguf/b/
 du -sh .gpu .gguf/a .gguf/b

@@ -2,7 +2,9 @@
 
 "Raise the batch until P99 exceeds your SLA" as a search: double the batch from 1 while P99 holds, then bisect
 between the last batch that held and the first that did not. Latency grows with the batch on every runtime
-we measure, so the boundary is found in O(log n) measured points; every probe is kept in the result.
+we measure, so the boundary is found in O(log n) measured points; every probe is kept in the result. A P99
+from a few hundred batches is noisy (on an H200 one stray 12 ms batch failed a 10 ms SLA at batch 2 while
+batches 8 and 32 held at 6 ms), so growth ends at the second miss in a row, not the first.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ def search_sla_batch(measure: Callable[[int], Point], sla_p99_ms: float, *, max_
             probes[batch] = measure(batch)
         return probes[batch].p99_ms <= sla_p99_ms
 
-    good, bad = 0, None
+    good, bad = 0, None  # bad: the first miss after the last batch that held
     batch = 1
     while batch <= max_batch:
-        if not within(batch):
+        if within(batch):
+            good, bad = batch, None
+        elif bad is None:
             bad = batch
-            break
-        good, batch = batch, batch * 2
+        else:
+            break  # two misses in a row
+        batch *= 2
     if bad is None and good < max_batch:  # doubling stepped past the limit: probe the limit itself
         if within(max_batch):
             good = max_batch

@@ -4,22 +4,20 @@ summary beside the rows.
     python benchmarks/bench_merged.py        # results/bench-cpu.json + results/bench-h200.json → bench-merged.json
 
 The rows are `compress bench merge`'s (one per machine, artifact, runtime and batch); its HTML, Markdown and JSON
-go to runs/bench-merged/. The GPU speedups are the side-by-side GPU-path benchmark's (`gpu-path.json`, the teacher's
-fp32 eager = 1.0), the CPU INT8 speedup this CPU run's best INT8 runtime against the truncated student in PyTorch
-FP32 at batch 32, and its accuracy cost the flagship's CPU record (`distill-bert-then-int8-12k.json`), since a bench
-file measures speed only.
+go to runs/bench-merged/ (through the same `write_report`). The GPU speedups are the side-by-side GPU-path
+benchmark's (`gpu-path.json`, the teacher's fp32 eager = 1.0), the CPU INT8 speedup this CPU run's best INT8
+runtime against the truncated student in PyTorch FP32 at batch 32, and its accuracy cost the flagship's CPU record
+(`distill-bert-then-int8-12k.json`), since a bench file measures speed only.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 from recipe_bench import REPO, ROOT, command_line
 
-from compress.bench.merge import load_runs, machine_line
+from compress.bench.merge import load_runs, machine_line, write_report
 from compress.bench.run import BenchResults
 from compress.io import atomic_write_text
 
@@ -89,13 +87,14 @@ def summary(runs: list[BenchResults]) -> dict[str, Any]:
 
 def main() -> None:
     out = REPO / "runs" / "bench-merged"
-    merge = [sys.executable, "-m", "compress", "bench", "merge", *map(str, INPUTS), "--output", str(out)]
-    subprocess.run(merge, check=True, cwd=REPO)
     runs = load_runs(INPUTS)
+    write_report(runs, out)  # what `compress bench merge INPUTS... --output runs/bench-merged` writes
     record = {
         "name": "bench-merged",
         "command": command_line(),
-        "merged_with": " ".join(["compress", *merge[2:]]),
+        "merged_with": " ".join(
+            ["compress bench merge", *(str(p.relative_to(REPO)) for p in INPUTS), "--output", "runs/bench-merged"]
+        ),
         "not_measured": {run.machine_name: run.not_measured for run in runs if run.not_measured},
         "rows": rows(runs),
         "summary": summary(runs),

@@ -17,7 +17,6 @@ its stages (its data, batch sizes and threads), and the seeds' record is written
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from recipe_bench import (
     command_line,
     machine,
     parse_args,
+    read_record,
     read_report,
     recipe_overrides,
     run_benchmark,
@@ -111,7 +111,7 @@ def main() -> None:
         print(evaluate_here(args.evaluate_here, args.name or "distill-bert-then-int8")["summary"])
         return
     if args.combine:
-        records = [json.loads(path.read_text(encoding="utf-8")) for path in args.combine]
+        records = [read_record(path, "overrides", "rows", "summary") for path in args.combine]
         print(write_combined(name, {r["overrides"].get(DISTILL_SEED, 0): r for r in records}, title)["summary"])
         return
     if not args.seeds:

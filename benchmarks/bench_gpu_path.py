@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from recipe_bench import read_report, stage_folder
+from recipe_bench import read_record, read_report, stage_folder
 
 from compress.artifacts import open_artifact
 from compress.bench.measure import REAL, Plan, measure_point
@@ -161,7 +161,7 @@ def variants(folder: Path, work: Path, onnx: Path | None) -> dict[str, Callable[
 def main() -> None:
     args = parse_args()
     if args.combine:
-        records = [json.loads(path.read_text()) for path in args.combine]
+        records = [read_record(path, "command", "hardware", "rows", "summary") for path in args.combine]
         rows = [row | {"run": record["command"]} for record in records for row in record["rows"]]
         twin = next((r["summary"]["cpu_twin_accuracy"] for r in records if r["summary"].get("cpu_twin_accuracy")), None)
         record = write_record(rows, twin, [r["command"] for r in records], records[0]["hardware"])
@@ -222,7 +222,7 @@ def write_record(
         "command": shlex.join(["python", "benchmarks/bench_gpu_path.py", *sys.argv[1:]]),
         "hardware": hardware or environment(),
         "rows": rows,
-        "summary": summarize(rows, cpu_twin) | {"runs": len(runs or [None])},
+        "summary": summarize(rows, cpu_twin) | {"runs": len(runs) if runs else 1},
     }
     if runs:
         record["runs"] = runs

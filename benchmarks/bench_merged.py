@@ -13,12 +13,14 @@ runtime against the truncated student in PyTorch FP32 at batch 32, and its accur
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
-from recipe_bench import REPO, ROOT, command_line
+from recipe_bench import REPO, ROOT, command_line, read_record
 
 from compress.bench.merge import load_runs, machine_line, write_report
 from compress.bench.run import BenchResults
+from compress.errors import ConfigError
 from compress.io import atomic_write_text
 
 RESULTS = ROOT / "results"
@@ -53,13 +55,13 @@ def cpu_int8_speedup(runs: list[BenchResults]) -> float | None:
 
 def cpu_int8_drop_points() -> float | None:
     """Accuracy points the best INT8 export loses against the FP32 student, from the flagship's CPU record."""
-    stages = {r["stage"]: r for r in json.loads(CPU_FLAGSHIP.read_text())["rows"]}
+    stages = {r["stage"]: r for r in read_record(CPU_FLAGSHIP, "rows")["rows"]}
     int8 = max((stages[s] for s in INT8_STAGES if s in stages), key=lambda r: r["throughput_per_s_batch32"])
     return round(100 * (stages[STUDENT_FP32]["accuracy"] - int8["accuracy"]), 2)
 
 
 def summary(runs: list[BenchResults]) -> dict[str, Any]:
-    gpu = json.loads(GPU_PATH.read_text())["summary"]
+    gpu = read_record(GPU_PATH, "summary")["summary"]
     speedup, drop = cpu_int8_speedup(runs), cpu_int8_drop_points()
     found = {
         "machines": {run.machine_name: machine_line(run) for run in runs},
@@ -87,7 +89,10 @@ def summary(runs: list[BenchResults]) -> dict[str, Any]:
 
 def main() -> None:
     out = REPO / "runs" / "bench-merged"
-    runs = load_runs(INPUTS)
+    try:
+        runs = load_runs(INPUTS)
+    except ConfigError as exc:
+        sys.exit(str(exc))
     write_report(runs, out)  # what `compress bench merge INPUTS... --output runs/bench-merged` writes
     record = {
         "name": "bench-merged",

@@ -164,6 +164,18 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_record(path: Path, *fields: str) -> dict[str, Any]:
+    """A results record (`benchmarks/results/<name>.json`) with `fields`, or an exit naming the file and the fix."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        sys.exit(f"{path}: not a readable results record ({exc}); give a results/<name>.json a benchmark wrote")
+    missing = [f for f in fields if not isinstance(record, dict) or f not in record]
+    if missing:
+        sys.exit(f"{path}: no {', '.join(missing)}: give the record this benchmark wrote, not another file")
+    return record
+
+
 def stage_folder(run_dir: Path, artifact: str | None) -> Path:
     """Where a stage's recorded artifact lies in this copy of its run folder (made here or on another machine)."""
     recorded = Path(artifact or "")

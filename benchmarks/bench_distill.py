@@ -3,13 +3,15 @@
     python benchmarks/bench_distill.py            # CPU, the recipe as bundled → results/distill-bert-then-int8-12k.json
     python benchmarks/bench_distill.py --gpu                    # train and evaluate PyTorch stages on CUDA
     python benchmarks/bench_distill.py --gpu --train-limit 0 --seeds 0,1,2   # full-data teacher, three students
-    python benchmarks/bench_distill.py --evaluate-here RUN0 RUN1 RUN2   # those runs' teacher and final artifact, here
+    python benchmarks/bench_distill.py --evaluate-here RUN0 RUN1 RUN2   # those runs' teacher and INT8 exports, here
 
 Several seeds run one after another in one run folder: the teacher (whose key holds no distill seed) is trained
 once and reused, and only the stages from `distill` on are trained again per seed (`steps.1.distill.seed`).
-Targets (issue): final artifact ≥ 99 % of the teacher's accuracy at ≥ 10x its throughput, on every seed.
+Targets (issue): final artifact ≥ 99 % of the teacher's accuracy at ≥ 10x its throughput, on every seed. The final
+artifact is the faster INT8 export at batch 32 (ONNX Runtime or OpenVINO) among those keeping 99 %, as measured on
+the machine that evaluates (`final_candidates` lists both).
 
-`--evaluate-here` is how GPU-trained runs get their CPU figures: each run folder's teacher stage and final artifact
+`--evaluate-here` is how GPU-trained runs get their CPU figures: each run folder's teacher stage and INT8 exports
 (copied from the GPU machine with their `report.json`) are measured on this machine exactly as the recipe measures
 its stages (its data, batch sizes and threads), and the seeds' record is written from those measurements alone.
 """
@@ -41,20 +43,35 @@ from compress.evaluate.artifact import evaluate_artifact
 from compress.recipe import Recipe
 from compress.result import StageResult
 
-FINAL = "export:ort-int8"
+# The INT8 exports the final artifact is chosen from, by measurement: which is faster depends on the CPU (ONNX
+# Runtime's on AVX2 alone, OpenVINO's where the CPU has AVX-512 VNNI: both measured, 2026-12-02).
+FINALS = ("export:ort-int8", "export:openvino-int8")
+TARGET_RATIO, TARGET_SPEEDUP = 0.99, 10.0
 DISTILL_SEED = "steps.1.distill.seed"
 RECIPE = REPO / "recipes" / "distill-bert-then-int8.yaml"  # the flagship's second step is its distill step
 
 
+def choose_final(teacher: StageResult, candidates: list[StageResult]) -> StageResult:
+    """The fastest INT8 export at batch 32 that keeps the target share of the teacher's accuracy; if none does,
+    the most accurate (so a miss is reported against the best the run made)."""
+    keeps = [s for s in candidates if s.metrics["accuracy"] / teacher.metrics["accuracy"] >= TARGET_RATIO]
+    if keeps:
+        return max(keeps, key=lambda s: throughput(s, 32) or 0.0)
+    return max(candidates, key=lambda s: s.metrics["accuracy"])
+
+
 def summarize(stages: list[StageResult]) -> dict[str, Any]:
     by_name = {s.name: s for s in stages}
-    teacher, final = by_name["teacher"], by_name.get(FINAL)
-    if final is None or final.status != "ok":
+    teacher = by_name["teacher"]
+    candidates = [by_name[n] for n in FINALS if n in by_name and by_name[n].status == "ok"]
+    if not candidates:
+        failed = [by_name[n].message for n in FINALS if n in by_name]
         return {
             "teacher_accuracy": teacher.metrics.get("accuracy"),
             "final": "did not run",
-            "stopped_or_failed": final.message if final else "recipe stopped before the exports",
+            "stopped_or_failed": "; ".join(m or "" for m in failed) or "recipe stopped before the exports",
         }
+    final = choose_final(teacher, candidates)
     ratio = final.metrics["accuracy"] / teacher.metrics["accuracy"]
     speed32 = throughput(final, 32) / throughput(teacher, 32)
     speed1 = throughput(final, 1) / throughput(teacher, 1)
@@ -68,7 +85,14 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
             }
     return {
         "teacher_accuracy": teacher.metrics["accuracy"],
-        "final_stage": FINAL,
+        "final_stage": final.name,
+        "final_candidates": {
+            s.name: {
+                "accuracy_ratio": round(s.metrics["accuracy"] / teacher.metrics["accuracy"], 4),
+                "speedup_batch32": round(throughput(s, 32) / throughput(teacher, 32), 2),
+            }
+            for s in candidates
+        },
         "final_accuracy": final.metrics["accuracy"],
         "accuracy_ratio": round(ratio, 4),
         "speedup_batch32": round(speed32, 2),
@@ -77,8 +101,8 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
         "teacher_p99_ms_batch1": teacher.latency["1"].p99_ms,
         "final_p50_ms_batch1": final.latency["1"].p50_ms,
         "final_p99_ms_batch1": final.latency["1"].p99_ms,
-        "target_accuracy_ratio_ge_0.99": ratio >= 0.99,
-        "target_speedup_ge_10x_batch32": speed32 >= 10.0,
+        "target_accuracy_ratio_ge_0.99": ratio >= TARGET_RATIO,
+        "target_speedup_ge_10x_batch32": speed32 >= TARGET_SPEEDUP,
         "per_stage_vs_its_source": contributions,
     }
 
@@ -94,8 +118,8 @@ def across_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "accuracy_ratio_min": min(ratios, default=None),
         "accuracy_ratio_mean": round(statistics.fmean(ratios), 4) if ratios else None,
         "speedup_batch32_min": min(speeds, default=None),
-        "target_every_seed_ge_0.99": bool(ratios) and len(finished) == len(per_seed) and min(ratios) >= 0.99,
-        "target_every_seed_ge_10x_batch32": bool(speeds) and min(speeds) >= 10.0,
+        "target_every_seed_ge_0.99": bool(ratios) and len(finished) == len(per_seed) and min(ratios) >= TARGET_RATIO,
+        "target_every_seed_ge_10x_batch32": bool(speeds) and min(speeds) >= TARGET_SPEEDUP,
         "per_seed": per_seed,
     }
 
@@ -152,10 +176,10 @@ def write_combined(name: str, records: dict[int, dict[str, Any]], title: str) ->
 
 
 def evaluate_here(runs: list[Path], name: str) -> dict[str, Any]:
-    """Each run's teacher and final artifact measured on this machine; one record over the runs' distill seeds.
+    """Each run's teacher and INT8 exports measured on this machine; one record over the runs' distill seeds.
 
-    A run folder needs its `report.json` and the two stages' folders under `stages/` (a teacher shared by several
-    runs is measured once)."""
+    A run folder needs its `report.json`, the teacher's folder and at least one INT8 export's under `stages/` (a
+    teacher shared by several runs is measured once)."""
     recipe = Recipe.from_yaml(RECIPE, {"data.train_limit": None})
     measured: dict[str, StageResult] = {}  # by the stage's recorded folder: a teacher shared by runs is measured once
     per_seed: dict[int, dict[str, Any]] = {}
@@ -165,11 +189,16 @@ def evaluate_here(runs: list[Path], name: str) -> dict[str, Any]:
         seed = report["resolved_recipe"]["steps"][1]["distill"]["seed"]
         recorded = {s["name"]: StageResult.model_validate(s) for s in report["stages"]}
         stages = []
-        for stage_name in ("teacher", FINAL):
-            stage = recorded[stage_name]
+        for stage_name in ("teacher", *FINALS):
+            stage = recorded.get(stage_name)
+            if stage is None or stage.status != "ok":
+                continue
             recorded_at = stage.artifact or ""
+            artifact = stage_folder(run, recorded_at)
+            if stage_name != "teacher" and not artifact.is_dir():  # an export not copied from the GPU machine
+                print(f"seed {seed}: {stage_name} not in {run}/stages: left out of the choice", flush=True)
+                continue
             if recorded_at not in measured:
-                artifact = stage_folder(run, recorded_at)
                 print(f"seed {seed}: measuring {stage_name} ({artifact}) on this machine", flush=True)
                 with tempfile.TemporaryDirectory() as scratch:
                     evaluation = evaluate_artifact(artifact, recipe.data, recipe.evaluate, REPO / "recipes",
@@ -209,7 +238,7 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--evaluate-here", type=Path, nargs="+", default=None, metavar="RUN",
-        help="measure these run folders' teacher and final artifact on this machine (GPU-trained runs' CPU figures)",
+        help="measure these run folders' teacher and INT8 exports on this machine (GPU-trained runs' CPU figures)",
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipe_bench import REPO, ROOT, recipe_overrides, record_from_report, run_benchmark
+from recipe_bench import REPO, ROOT, read_record, read_report, recipe_overrides, record_from_report, run_benchmark
 
 from compress.io import atomic_write_text
 from compress.result import StageResult
@@ -35,6 +35,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--from-report", type=Path, default=None, metavar="RUN",
         help="write the results from this run folder's report.json (a GPU run whose benchmark was stopped)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refresh", action="store_true",
+        help="re-read the figures other benchmarks measured (structured, 2:4 GPU, longer recovery) into the record",
     )  # fmt: skip
     parser.set_defaults(train_limit=None)
     return parser.parse_args()
@@ -79,8 +83,10 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
     summary["sparsegpt_2of4_w4_ppl"] = ppl("sparsegpt-2of4-w4")
     # After the `recover` step (trained towards the dense model, zeros kept): reported beside the one-shot
     # figures, which alone decide the targets.
+    # `-recovered-4096`: the longer recovery (4,096 windows, 2 M tokens) of benchmarks/recipes/prune-recover.yaml.
     for name in ("wanda-50", "sparsegpt-50", "sparsegpt-2of4"):
-        summary[f"{name.replace('-', '_')}_recovered_ppl"] = ppl(f"{name}-recovered")
+        for suffix in ("recovered", "recovered-4096"):
+            summary[f"{name}_{suffix}_ppl".replace("-", "_")] = ppl(f"{name}-{suffix}")
     magnitude = summary["magnitude_2of4_ppl"]
 
     def at_most(value: float | None, bound: float | None) -> bool | None:
@@ -92,34 +98,49 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
         # Each method at its better calibration protocol.
         at_50 = [v for v in (summary[f"{method}_50_ppl"], summary[f"{method}_50_cal2048_ppl"]) if v is not None]
         summary[f"target_{method}_50_le_1.5x_dense"] = at_most(min(at_50, default=None), dense and dense * 1.5)
+    # Measured by the issue's other benchmarks (structured pruning on MiniLM, the 2:4 GPU Linear, the longer
+    # recovery), not this run: copied from their results files, named in `figures_from`.
+    summary |= other_figures(summary)
+    summary["method_rows"] = [method_row(s, dense) for s in stages]
+    return with_ratios(summary)
+
+
+OTHER_FIGURES = {
+    "prune-recover": tuple(f"{n}_recovered_4096_ppl" for n in ("wanda_50", "sparsegpt_50", "sparsegpt_2of4")),
+    "prune-structured": ("structured_cpu_speedup", "structured_accuracy_ratio"),
+    "semi-structured-gpu": ("semi_structured_gpu_linear_speedup",),
+}
+
+
+def other_figures(own: dict[str, Any]) -> dict[str, Any]:
+    """The OTHER_FIGURES this run did not measure itself (so prune-recover's own record keeps its figures)."""
+    figures: dict[str, Any] = {"figures_from": {}}
+    for name, keys in OTHER_FIGURES.items():
+        path = ROOT / "results" / f"{name}.json"
+        found = read_record(path, "summary")["summary"] if path.exists() else {}
+        for key in (k for k in keys if own.get(k) is None):
+            figures[key] = found.get(key)
+            if found.get(key) is not None:
+                figures["figures_from"][key] = f"benchmarks/results/{name}.json"
+    return figures
+
+
+def with_ratios(summary: dict[str, Any]) -> dict[str, Any]:
+    dense = summary["dense_ppl"]
     summary["ppl_ratios_to_dense"] = {
         key: round(value / dense, 2) for key, value in summary.items() if key.endswith("_ppl") and value and dense
     }
     summary["paper_llama7b_ratios_to_dense"] = {
         key: round(value / PAPER_LLAMA_7B["dense"], 2) for key, value in PAPER_LLAMA_7B.items()
     }
-    # Measured by the issue's other benchmarks (structured pruning on MiniLM, the 2:4 GPU Linear), not this run:
-    # copied from their results files, named in `figures_from`.
-    summary |= other_figures()
-    summary["method_rows"] = [method_row(s, dense) for s in stages]
     return summary
 
 
-OTHER_FIGURES = {
-    "prune-structured": ("structured_cpu_speedup", "structured_accuracy_ratio"),
-    "semi-structured-gpu": ("semi_structured_gpu_linear_speedup",),
-}
-
-
-def other_figures() -> dict[str, Any]:
-    figures: dict[str, Any] = {"figures_from": {}}
-    for name, keys in OTHER_FIGURES.items():
-        path = ROOT / "results" / f"{name}.json"
-        found = json.loads(path.read_text(encoding="utf-8"))["summary"] if path.exists() else {}
-        figures |= {key: found.get(key) for key in keys}
-        if found:
-            figures["figures_from"] |= {key: f"benchmarks/results/{name}.json" for key in keys}
-    return figures
+def summarize_again(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's own figures kept, the other benchmarks' re-read (a record whose run folder is gone)."""
+    taken = {"figures_from", *record["summary"].get("figures_from", {})}
+    own = {k: v for k, v in record["summary"].items() if k not in taken}
+    return with_ratios(own | other_figures(own) | {"method_rows": record["rows"]})
 
 
 def finish(record: dict[str, Any], name: str) -> None:
@@ -161,12 +182,21 @@ def finish(record: dict[str, Any], name: str) -> None:
 
 def main() -> None:
     args = parse_args()
-    name = "prune" + ("" if args.gpu else "-cpu")
-    if args.from_report:
+    suffix = "" if args.gpu else "-cpu"
+    if args.refresh:
+        record = read_record(ROOT / "results" / f"prune{suffix}.json", "rows", "stage_rows", "summary")
+        record["summary"] = summarize_again(record)
+        record["rows"] = record.pop("stage_rows")
+        finish(record, f"prune{suffix}")
+        print(record["summary"])
+        return
+    if args.from_report:  # named by its recipe: prune.yaml → prune.json, prune-recover.yaml → prune-recover.json
+        name = read_report(args.from_report)["recipe"] + suffix
         record = record_from_report(name, args.from_report, summarize)
         finish(record, name)
         print(record["summary"])
         return
+    name = "prune" + suffix
     overrides = recipe_overrides(args)
     if args.rows is not None:
         overrides["data.limit"] = args.rows or None

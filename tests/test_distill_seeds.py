@@ -15,9 +15,10 @@ from compress.runner import RunResult
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_distill import DISTILL_SEED, across_seeds  # noqa: E402
+from bench_distill import DISTILL_SEED, across_seeds, summarize  # noqa: E402
 
 from compress.recipe import Recipe  # noqa: E402
+from compress.result import LatencyStats, StageResult  # noqa: E402
 
 
 def teacher_then_student(model_dir: Path, data_file: Path, seed: int) -> Recipe:
@@ -71,3 +72,28 @@ def test_figures_over_seeds_are_judged_by_their_minimum() -> None:
     assert figures["speedup_batch32_min"] == 11.0 and figures["seeds_finished"] == [0, 1]
     assert figures["target_every_seed_ge_0.99"] is False  # one seed short, one missing
     assert figures["target_every_seed_ge_10x_batch32"] is True
+
+
+def measured(name: str, accuracy: float, per_s: float) -> StageResult:
+    stats = {
+        str(b): LatencyStats(batch_size=b, p50_ms=1.0, p95_ms=1.0, p99_ms=1.0, mean_ms=1.0, batches=10, samples=10 * b,
+                             throughput_per_s=per_s, tokenize_ms_per_batch=0.1, mean_tokens_per_sample=25.0)
+        for b in (1, 32)
+    }  # fmt: skip
+    kind = "export" if name.startswith("export:") else "step"
+    return StageResult(name=name, kind=kind, metrics={"accuracy": accuracy}, latency=stats)
+
+
+def test_the_final_artifact_is_the_faster_int8_export_that_keeps_the_accuracy() -> None:
+    teacher = measured("teacher", 0.86, 100.0)
+    ort, openvino = measured("export:ort-int8", 0.852, 1000.0), measured("export:openvino-int8", 0.855, 1400.0)
+    assert summarize([teacher, ort, openvino])["final_stage"] == "export:openvino-int8"  # both keep 99 %: faster
+    slow_but_kept = measured("export:openvino-int8", 0.852, 700.0)
+    assert summarize([teacher, ort, slow_but_kept])["final_stage"] == "export:ort-int8"
+    dropped = measured("export:openvino-int8", 0.84, 2000.0)  # faster, but below 99 % of the teacher
+    figures = summarize([teacher, ort, dropped])
+    assert figures["final_stage"] == "export:ort-int8" and figures["speedup_batch32"] == 10.0
+    assert set(figures["final_candidates"]) == {"export:ort-int8", "export:openvino-int8"}
+    neither = summarize([teacher, measured("export:ort-int8", 0.80, 900.0), dropped])
+    assert neither["final_stage"] == "export:openvino-int8"  # none keeps 99 %: the most accurate, a reported miss
+    assert neither["target_accuracy_ratio_ge_0.99"] is False

@@ -13,4 +13,7 @@ timeout 400 python3 -m compress bench $S/01-teacher-*/model $S/03-truncate-*/mod
   --batch-sizes 1,8,32,128,256 --sla-p99-ms 10 --served-rates 20000 --max-seconds 3 --machine-name h200 \
   -o /tmp/bench-h200 > $L/bench.log 2>&1
 date +%T > $L/t.bench.done
-bash /tmp/repo/.gpu/bundle.sh; touch $L/timing.done $L/chain.done
+bash /tmp/repo/.gpu/bundle.sh; touch $L/timing.done
+# with whatever device time is left: the CUDA tests (compiled path, .pt2 export, NVML), after the timing
+timeout 300 python3 -m pytest -q -rs -m gpu tests/ -p no:cacheprovider > $L/tests-gpu.log 2>&1
+bash /tmp/repo/.gpu/bundle.sh; touch $L/chain.done

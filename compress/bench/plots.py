@@ -33,7 +33,7 @@ def throughput_vs_p99(runs: Iterable[BenchResults]) -> str | None:
                 stars[series_key(run.machine_name, found.best)] = found.best
     if not series:
         return None
-    figure = Figure(figsize=(8.0, 4.8), layout="constrained")
+    figure = Figure(figsize=(10.0, 5.0), layout="constrained")
     axes = figure.add_subplot()
     for index, (name, points) in enumerate(sorted(series.items())):
         points = sorted(points, key=lambda p: p.batch_size)
@@ -64,7 +64,7 @@ def latency_vs_load(runs: Iterable[BenchResults]) -> str | None:
             series.setdefault(f"{run.machine_name}: {served.artifact} [{served.runtime}]", []).append(served)
     if not series:
         return None
-    figure = Figure(figsize=(8.0, 4.2), layout="constrained")
+    figure = Figure(figsize=(10.0, 4.4), layout="constrained")
     axes = figure.add_subplot()
     for index, (name, points) in enumerate(sorted(series.items())):
         points = sorted(points, key=lambda s: s.offered_per_s)
@@ -76,14 +76,20 @@ def latency_vs_load(runs: Iterable[BenchResults]) -> str | None:
             if s.saturated:
                 axes.annotate("saturated", (s.offered_per_s, s.p99_ms), textcoords="offset points",
                               xytext=(3, -9), fontsize=7, color=color)  # fmt: skip
-    return _finished(figure, axes, "offered load (requests/s, Poisson arrivals)", "request latency (ms, log)")
+    axes.set_xscale("log")  # rates from a CPU's tens to a GPU's tens of thousands
+    return _finished(figure, axes, "offered load (requests/s, Poisson arrivals, log)", "request latency (ms, log)")
 
 
 def _finished(figure: Any, axes: Any, xlabel: str, ylabel: str) -> str:
-    """Log y axis, labels, a light grid and the legend beside the plot; the figure as SVG."""
+    """Log y axis, labels, a light grid and the legend under the plot (beside it, a merged report's long series
+    names squeezed the plot to a sliver); the figure grows with the legend. The figure as SVG."""
     axes.set_yscale("log")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, which="both", alpha=0.25)
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    handles, labels = axes.get_legend_handles_labels()
+    columns = 2 if len(labels) > 6 else 1
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(width, height + 0.16 * -(-len(labels) // columns))
+    figure.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize=7, frameon=False)
     return to_svg(figure)

@@ -5,6 +5,9 @@ Compiling takes minutes (about 100 s even for a tiny model on 2 CPU cores)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -29,6 +32,7 @@ from compress.runtime.compiled import DTYPES
 from compress.steps.base import StageContext
 
 MODEL_FILE = "model.pt2"
+FALLBACK = "export with `torch_compile` (the same Inductor kernels, compiled when loaded) or to ONNX instead"
 
 
 class AOTInductorConfig(ExportConfig):
@@ -36,6 +40,36 @@ class AOTInductorConfig(ExportConfig):
         "auto", description="Weights and compute; `auto`: bfloat16 on CUDA, float32 on CPU."
     )
     max_batch: int = Field(1024, ge=2, description="Largest batch the package accepts (its dynamic batch axis).")
+
+
+def child_load_command(package: Path, device: str, inputs: int) -> list[str]:
+    """A fresh interpreter that loads the package and runs one small batch through it."""
+    code = (
+        "import sys, torch; runner = torch._inductor.aoti_load_package(sys.argv[1]); "
+        "ids = torch.ones((2, 8), dtype=torch.long, device=sys.argv[2]); runner(*[ids] * int(sys.argv[3]))"
+    )
+    return [sys.executable, "-c", code, str(package), device, str(inputs)]
+
+
+def check_package_loads(package: Path, device: str, inputs: int, where: str) -> None:
+    """Load and run the package in a child process first: torch's AOTInductor loader can kill the process
+    (SIGSEGV inside `aoti_load_package`, torch 2.11 + CUDA 13 on an H200, a BERT-shaped bf16 package, 2026-12-02),
+    and a crash here must be a clear export error, not the end of the recipe that was evaluating it."""
+    try:
+        done = subprocess.run(child_load_command(package, device, inputs), capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        raise ExportError(f"loading {package.name} did not finish in 600 s", where=where, fix=FALLBACK) from exc
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise ExportError(
+            f"loading the compiled {package.name} kills the process ({name}) with torch {torch.__version__} on "
+            f"{device}: a fault in torch's AOTInductor loader on this machine",
+            where=where,
+            fix=FALLBACK,
+        )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ExportError(f"the compiled {package.name} does not load and run: {last}", where=where, fix=FALLBACK)
 
 
 class AOTInductorExporter(Exporter):
@@ -75,6 +109,7 @@ class AOTInductorExporter(Exporter):
             ) from exc
         finally:
             module.to(original_device, original_dtype)  # the stage's model stays as later stages expect it
+        check_package_loads(out_dir / MODEL_FILE, device, len(input_names), where)
         write_metadata(
             model, out_dir, format="aoti", model_file=MODEL_FILE, input_names=input_names, device=device,
             precision=dtype, max_batch=self.config.max_batch, max_sequence=max_length,

@@ -32,9 +32,10 @@ class TorchCompiledConfig(ExportConfig):
         "GEMM kernels (long compiles); `default` compiles kernels only.",
     )
     cuda_graphs: CudaGraphs = Field(
-        "torch",
-        description="With `reduce-overhead` on CUDA: `torch` replays torch.compile's CUDA graph trees; `static` "
-        "captures one graph per bucket itself and copies each batch in from pinned memory (less host work per call).",
+        "static",
+        description="With `reduce-overhead` on CUDA: `static` captures one graph per bucket itself and copies each "
+        "batch in from pinned memory (less host work per call: the fastest variant at every point measured on an "
+        "H200, docs/bench.md); `torch` replays torch.compile's own CUDA graph trees.",
     )
     length_buckets: list[PositiveInt] = Field(
         default_factory=lambda: list(DEFAULT_LENGTHS),

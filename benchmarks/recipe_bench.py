@@ -33,6 +33,8 @@ def stage_row(stage: StageResult) -> dict[str, Any]:
         "runtime": stage.runtime,
         "device": stage.device,
         "accuracy": stage.metrics.get("accuracy"),
+        "primary_metric": stage.primary_metric,
+        "primary_value": stage.metrics.get(stage.primary_metric or "accuracy"),
         "size_mb": stage.size_mb,
         "peak_memory_mb": stage.peak_memory_mb,
         "max_abs_diff": stage.max_abs_diff,
@@ -50,8 +52,17 @@ def stage_row(stage: StageResult) -> dict[str, Any]:
     return row
 
 
+def primary(row: dict[str, Any]) -> str:
+    """A row's primary metric: accuracy as a percentage, any other metric by name and value."""
+    if row.get("accuracy") is not None and row.get("primary_metric") in (None, "accuracy"):
+        return f"{100 * row['accuracy']:.2f} %"
+    value = row.get("primary_value")
+    return "—" if value is None else f"{row['primary_metric']} {value:,.2f}"
+
+
 def markdown_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
-    head = ["stage", "runtime", "accuracy"]
+    only_accuracy = all(r.get("primary_metric") in (None, "accuracy") for r in rows)
+    head = ["stage", "runtime", "accuracy" if only_accuracy else "metric"]
     for b in batch_sizes:
         head += [f"b{b} P50 ms", f"b{b} P95 ms", f"b{b} P99 ms", f"b{b} samples/s"]
     head += ["size MB", "status"]
@@ -64,7 +75,7 @@ def markdown_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
         cells = [
             row["stage"],
             f"{row['runtime'] or '—'}/{row['device'] or '—'}",
-            "—" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f} %",
+            primary(row),
         ]
         for b in batch_sizes:
             cells += [

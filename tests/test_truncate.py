@@ -14,12 +14,14 @@ from compress.config import EvalSpec, format_validation_error
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
+from compress.recipe import Recipe
 from compress.runtime.torch import TorchRuntime
 from compress.steps.base import StageContext
 from compress.steps.truncate import (
     Truncate,
     TruncateConfig,
     candidate_lengths,
+    shortest_within_budget,
     token_lengths,
 )
 
@@ -158,6 +160,59 @@ def test_metric_direction() -> None:
     assert metric_drop(20.0, 23.0, False) == pytest.approx(3.0)
 
 
+def test_a_budget_charged_against_another_stage_bounds_the_search() -> None:
+    """The search's rule on a known curve: the untruncated model scores 0.88, the teacher 0.90."""
+    curve = {8: 0.80, 16: 0.84, 24: 0.86, 32: 0.87}
+    # Against the teacher alone (within 0.05 of 0.90): 24 is the shortest at ≥ 0.85.
+    chosen, records = shortest_within_budget([32, 8, 24, 16], curve.__getitem__, 0.88, None, True, False,
+                                             other=(0.90, 0.05))  # fmt: skip
+    assert chosen == 24 and [r["max_length"] for r in records] == [8, 16, 24]
+    assert records[-1]["drop_from_stage"] == pytest.approx(0.04) and records[-1]["drop"] == pytest.approx(0.02)
+    # Both limits hold: within 0.01 of the untruncated model too, so 32.
+    chosen, _ = shortest_within_budget([8, 16, 24, 32], curve.__getitem__, 0.88, 0.01, True, False, other=(0.9, 0.05))
+    assert chosen == 32
+    # A student already further below the teacher than the budget: no length qualifies (the step keeps its own).
+    chosen, records = shortest_within_budget([8, 16, 24, 32], curve.__getitem__, 0.88, None, True, False,
+                                             other=(0.95, 0.05))  # fmt: skip
+    assert chosen is None and not any(r["within_budget"] for r in records)
+
+
+def test_keep_within_scores_the_named_stage_and_searches_against_it(content_sensitive_bert, sst2_dev, tmp_path):
+    calls: list[int] = []
+    ctx = context(sst2_dev, tmp_path, calls)
+    teacher = content_sensitive_bert.replace(max_length=128)  # here the "teacher" is the untruncated model itself
+    asked: list[str] = []
+
+    def stage(name: str) -> ModelHandle:
+        asked.append(name)
+        return teacher
+
+    ctx.stage = stage
+    step = Truncate(max_length="auto", keep_within={"stage": "teacher", "max_drop": 0.02})
+    step.progress = False
+    out = step.apply(content_sensitive_bert, ctx)
+    assert asked == ["teacher"] and step.stage_inputs() == {"keep_within.stage": "teacher"}
+    kept = step.details()["keep_within"]
+    assert kept == {"stage": "teacher", "metric": accuracy(teacher, sst2_dev, ctx.eval_spec), "max_drop": 0.02}
+    assert kept["metric"] - accuracy(out, sst2_dev, ctx.eval_spec) <= 0.02 + 1e-9
+    # the same budget against the same metric as `max_accuracy_drop: 0.02` from the untruncated model: same choice
+    plain = Truncate(max_length="auto", max_accuracy_drop=0.02)
+    plain.progress = False
+    assert plain.apply(content_sensitive_bert, context(sst2_dev, tmp_path)).max_length == out.max_length
+    assert all(r["drop_from_stage"] > 0.02 for r in step.search_results[1:-1])
+
+
+def test_keep_within_must_name_an_earlier_stage(tmp_path: Path) -> None:
+    raw = {
+        "model": {"source": "some/model"},
+        "data": {"path": "dev.tsv", "text": "sentence"},
+        "steps": [{"truncate": {"keep_within": {"stage": "teacher", "max_drop": 0.01}}}],
+    }
+    with pytest.raises(ConfigError) as error:
+        Recipe.from_dict(raw, base_dir=tmp_path)
+    assert error.value.where == "steps[0].truncate.keep_within.stage" and "baseline" in error.value.fix
+
+
 @pytest.mark.parametrize(
     ("fields", "bad_field"),
     [
@@ -165,6 +220,9 @@ def test_metric_direction() -> None:
         ({"max_length": "autox"}, "max_length"),
         ({"max_length": 32, "candidates": [16]}, "truncate"),
         ({"candidates": [0]}, "candidates"),
+        ({"max_length": 32, "keep_within": {"stage": "teacher", "max_drop": 0.01}}, "truncate"),
+        ({"keep_within": {"stage": "teacher", "max_drop": -0.1}}, "keep_within.max_drop"),
+        ({"keep_within": {"stage": "teacher", "drop": 0.1}}, "keep_within"),
     ],
 )
 def test_invalid_config_is_rejected_with_the_field_named(fields, bad_field) -> None:

@@ -9,13 +9,21 @@ date +%T > $L/t.seed0.start
 # Each seed's INT8 exports (ONNX Runtime, and OpenVINO once call 2 has installed it): --evaluate-here picks between them.
 # One tar each (~11 MB; a file over 16 MiB does not come back): seedS-04-export-ort-int8.tar, seedS-05-export-openvino-int8.tar
 int8() { (cd /tmp/runs/rel$1/stages && for d in 0[45]-export-*-int8-*; do tar cf $SHIP/seed$1-${d%-*}.tar $d; done); }
-$D --seeds 0 --output /tmp/runs/rel0 > $L/seed0.log 2>&1 && int8 0 &
+# Then the same seed with truncation charged against the teacher (issue 18's lever), in a copy of its run folder
+# holding the teacher and student stages: only truncate and the exports run again; shipped as kwS-*.tar.
+KW="--set steps.2.truncate.max_accuracy_drop=null --set 'steps.2.truncate.keep_within={stage: teacher, max_drop: 0.006}'"
+kw() {
+  mkdir -p /tmp/runs/kw$1/stages && cp -a /tmp/runs/rel$1/stages/0[012]-* /tmp/runs/kw$1/stages/
+  eval "$D --seeds $1 --output /tmp/runs/kw$1 --name $N-kw $KW" > $L/kw$1.log 2>&1
+  (cd /tmp/runs/kw$1/stages && for d in 0[45]-export-*-int8-*; do tar cf $SHIP/kw$1-${d%-*}.tar $d; done)
+}
+$D --seeds 0 --output /tmp/runs/rel0 > $L/seed0.log 2>&1 && int8 0 && kw 0 &
 P0=$!
 until ls /tmp/runs/rel0/stages/01-teacher-*/result.json >/dev/null 2>&1; do sleep 5; kill -0 $P0 2>/dev/null || break; done
 sleep 5; date +%T > $L/t.teacher.done
 for s in 1 2; do
   mkdir -p /tmp/runs/rel$s/stages && cp -a /tmp/runs/rel0/stages/00-* /tmp/runs/rel0/stages/01-* /tmp/runs/rel$s/stages/
-  ($D --seeds $s --output /tmp/runs/rel$s > $L/seed$s.log 2>&1 && int8 $s) &
+  ($D --seeds $s --output /tmp/runs/rel$s > $L/seed$s.log 2>&1 && int8 $s && kw $s) &
 done
 (cd /tmp/runs/rel0/stages && tar cf - 01-teacher-*/model 01-teacher-*/result.json) | split -b 15M - $SHIP/teacher.tar.
 wait; date +%T > $L/t.seeds.done

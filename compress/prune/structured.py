@@ -1,7 +1,7 @@
 """Structured pruning math: importance of attention-head groups and feed-forward neurons, and slicing Linears.
 
-Importance comes from the weights alone (data-free, deterministic), the criteria the distill step's student
-slicing uses too:
+Importance comes from the weights alone (data-free, deterministic; the criteria the distill step's student slicing
+uses too), or from activations on calibration text (`compress.prune.activations`). From the weights:
 - head group g (a key/value head and the query heads reading it; one head without GQA):
   Σ ‖rows of g in Q, K, V‖ + ‖columns of g in O‖ (Frobenius norms);
 - neuron n: Π ‖W_in[n, :]‖ over the input projections (gate and up) · ‖W_out[:, n]‖, a bound on how much it can
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from compress.architectures.blocks import BlockMap, Heads
+from compress.prune.activations import UnitStatistics, head_group_contributions, neuron_contributions
 
 
 def top_indices(score: Tensor, k: int) -> Tensor:
@@ -79,11 +80,22 @@ def set_module(root: torch.nn.Module, path: str, module: torch.nn.Module) -> Non
 
 
 def prune_block(
-    layer: torch.nn.Module, blocks: BlockMap, heads: Heads, keep_groups: int | None, keep_neurons: int | None
+    layer: torch.nn.Module,
+    blocks: BlockMap,
+    heads: Heads,
+    keep_groups: int | None,
+    keep_neurons: int | None,
+    activations: UnitStatistics | None = None,
 ) -> None:
-    """Keep the `keep_groups` best head groups and `keep_neurons` best neurons of one layer, in place."""
+    """Keep the `keep_groups` best head groups and `keep_neurons` best neurons of one layer, in place: ranked by
+    their weights, or with `activations` by their contributions on calibration text (`compress.prune.activations`)."""
     if keep_groups is not None:
-        kept = top_indices(head_group_scores(layer, blocks, heads), keep_groups)
+        scores = (
+            head_group_scores(layer, blocks, heads)
+            if activations is None
+            else head_group_contributions(layer, blocks, heads, activations.attention_gram)
+        )
+        kept = top_indices(scores, keep_groups)
         kv_rows = group_rows(kept, heads.head_dim)
         query_rows = group_rows(kept, heads.head_dim * heads.group)
         for path, rows in ((blocks.query, query_rows), (blocks.key, kv_rows), (blocks.value, kv_rows)):
@@ -91,7 +103,12 @@ def prune_block(
         output = layer.get_submodule(blocks.attention_output)
         set_module(layer, blocks.attention_output, sliced_linear(output, columns=query_rows))
     if keep_neurons is not None:
-        kept = top_indices(neuron_scores(layer, blocks), keep_neurons)
+        scores = (
+            neuron_scores(layer, blocks)
+            if activations is None
+            else neuron_contributions(layer, blocks, activations.ffn_square_norms)
+        )
+        kept = top_indices(scores, keep_neurons)
         for path in blocks.ffn_in:
             set_module(layer, path, sliced_linear(layer.get_submodule(path), rows=kept))
         set_module(layer, blocks.ffn_out, sliced_linear(layer.get_submodule(blocks.ffn_out), columns=kept))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -58,11 +58,13 @@ def shortest_within_budget(
     candidates: list[int],
     score: Callable[[int], float],
     reference: float,
-    budget: float,
+    budget: float | None,
     higher_better: bool,
     progress: bool = True,
+    other: tuple[float, float] | None = None,
 ) -> tuple[int | None, list[dict[str, Any]]]:
-    """Score candidates from the shortest up and stop at the first whose drop is within `budget`.
+    """Score candidates from the shortest up and stop at the first whose drop from `reference` is within `budget`
+    (None: no such limit) and, with `other` = (metric, budget), whose drop from that metric is within its budget.
 
     Returns that length (None if none qualifies) and one record per scored length.
     """
@@ -70,12 +72,23 @@ def shortest_within_budget(
     for length in tqdm(sorted(candidates), desc="truncate search", unit="length", disable=not progress):
         value = score(length)
         drop = metric_drop(reference, value, higher_better)
-        within = drop <= budget + TIE_TOLERANCE
-        results.append({"max_length": length, "metric": value, "drop": drop, "within_budget": within})
-        logger.info("truncate: max_length=%d → %.4f (drop %+.4f, budget %.4f)", length, value, drop, budget)
+        within = budget is None or drop <= budget + TIE_TOLERANCE
+        record = {"max_length": length, "metric": value, "drop": drop}
+        if other is not None:
+            record["drop_from_stage"] = metric_drop(other[0], value, higher_better)
+            within = within and record["drop_from_stage"] <= other[1] + TIE_TOLERANCE
+        results.append(record | {"within_budget": within})
+        logger.info("truncate: max_length=%d → %.4f (drop %+.4f, budget %s)", length, value, drop, budget)
         if within:
             return length, results
     return None, results
+
+
+class StageBudget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="An earlier stage, e.g. `teacher`.")
+    max_drop: float = Field(ge=0, description="How far below that stage's primary metric the truncated model may go.")
 
 
 class TruncateConfig(StepConfig):
@@ -90,10 +103,20 @@ class TruncateConfig(StepConfig):
         "token lengths rounded up to multiples of 8, plus the powers of two between them.",
     )
 
+    keep_within: StageBudget | None = Field(
+        None,
+        description="`auto` also keeps the primary metric within `max_drop` of an earlier stage's — "
+        "`{stage: teacher, max_drop: 0.008}` charges the budget against the teacher a distilled recipe is judged "
+        "by, so what distillation did not lose goes to truncation. Without `max_accuracy_drop` this is the only "
+        "limit; with it, both hold.",
+    )
+
     @model_validator(mode="after")
     def _candidates_need_auto(self) -> TruncateConfig:
         if self.candidates is not None and self.max_length != "auto":
             raise ValueError("`candidates` only applies with `max_length: auto`")
+        if self.keep_within is not None and self.max_length != "auto":
+            raise ValueError("`keep_within` only applies with `max_length: auto`")
         if self.candidates is not None and not self.candidates:
             raise ValueError("give at least one candidate length, or leave `candidates` out")
         return self
@@ -110,9 +133,14 @@ class Truncate(Step):
         super().__init__(config, **kwargs)
         # Filled by `apply` with max_length="auto": the reference first, then each scored candidate.
         self.search_results: list[dict[str, Any]] = []
+        self.kept_within: dict[str, Any] = {}  # with `keep_within`: that stage's metric as measured here
+
+    def stage_inputs(self) -> dict[str, str]:
+        return {"keep_within.stage": self.config.keep_within.stage} if self.config.keep_within else {}
 
     def details(self) -> dict[str, Any]:
-        return {"search": self.search_results} if self.search_results else {}
+        found = {"search": self.search_results} if self.search_results else {}
+        return found | ({"keep_within": self.kept_within} if self.kept_within else {})
 
     def apply(self, model: ModelHandle, ctx: StageContext) -> ModelHandle:
         limit = model_position_limit(model)
@@ -132,10 +160,15 @@ class Truncate(Step):
             reference_length = min(reference_length, limit)
         metric = get_task(model.task).primary_metric(ctx.eval_spec)
         higher_better = resolve_metric(metric, model.task, where="evaluate.metric").higher_is_better
-        budget = self.config.max_accuracy_drop or 0.0
+        keep_within = self.config.keep_within
+        # No limit at all means no loss at all; `keep_within` alone is a limit.
+        budget = self.config.max_accuracy_drop if keep_within is not None else self.config.max_accuracy_drop or 0.0
 
         def score(length: int) -> float:
-            metrics = ctx.score(model.replace(max_length=length))
+            return score_model(model.replace(max_length=length))
+
+        def score_model(handle: ModelHandle) -> float:
+            metrics = ctx.score(handle)
             if metric not in metrics:
                 raise ConfigError(
                     f"the evaluator returned no '{metric}' (got {', '.join(sorted(metrics)) or 'nothing'})",
@@ -157,16 +190,26 @@ class Truncate(Step):
         candidates = self.config.candidates or candidate_lengths(
             token_lengths(model.tokenizer, ctx.eval_data()), reference_length
         )
+        other = None
+        if keep_within is not None:
+            stage = ctx.stage(keep_within.stage)
+            other = (score_model(stage), keep_within.max_drop)
+            self.kept_within = {"stage": keep_within.stage, "metric": other[0], "max_drop": other[1]}
+            del stage
         shorter = [c for c in sorted(set(candidates)) if c < reference_length]
-        chosen, scored = shortest_within_budget(shorter, score, reference, budget, higher_better, self.progress)
+        chosen, scored = shortest_within_budget(
+            shorter, score, reference, budget, higher_better, self.progress, other=other
+        )
         self.search_results += scored
         if chosen is None:
+            limits = [f"{budget:.4f} of the untruncated {reference:.4f}"] if budget is not None else []
+            if keep_within is not None and other is not None:
+                limits.append(f"{other[1]:.4f} of {keep_within.stage}'s {other[0]:.4f}")
             logger.warning(
-                "truncate: no length shorter than %d keeps %s within %.4f of %.4f; keeping %d",
+                "truncate: no length shorter than %d keeps %s within %s; keeping %d",
                 reference_length,
                 metric,
-                budget,
-                reference,
+                " and ".join(limits),
                 reference_length,
             )
             chosen = reference_length

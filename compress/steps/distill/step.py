@@ -35,7 +35,7 @@ from compress.steps.distill.student import encoder_layers, select_layers, smalle
 from compress.steps.distill.teacher_cache import cached_teacher_logits
 from compress.steps.distill.unlabeled import read_unlabeled
 from compress.steps.finetune import check_labels, require_training_task
-from compress.steps.prune.structured import layer_widths, prune_structure, structure_transform
+from compress.steps.prune.structured import layer_widths, prune_structure, structure_transform, unit_statistics
 from compress.train import forward_inputs, tokenize_rows, train
 from compress.train.batches import IGNORE_LABEL
 from compress.train.fingerprint import hash_json, model_fingerprint, path_fingerprint, tokenizer_fingerprint
@@ -70,7 +70,7 @@ class Distill(Step):
         # returns a new student (the runner treats the incoming stage as consumed either way).
         teacher = teacher_handle.model.float().eval().requires_grad_(False)
         set_seed(seed)
-        student, tokenizer = build_student(cfg.student, teacher, teacher_handle, seed)
+        student, tokenizer = build_student(cfg.student, teacher, teacher_handle, seed, ctx)
         student.requires_grad_(True)  # a student copied from the teacher inherits its frozen flags
         student.get_input_embeddings().requires_grad_(not cfg.freeze_embeddings)
         data = self._training_data(ctx, teacher, teacher_handle.tokenizer, seed)
@@ -231,7 +231,7 @@ def augmented_copies(
 
 
 def build_student(
-    spec: StudentSpec, teacher: PreTrainedModel, teacher_handle: ModelHandle, seed: int
+    spec: StudentSpec, teacher: PreTrainedModel, teacher_handle: ModelHandle, seed: int, ctx: StageContext
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if isinstance(spec, LayerStudent):
         return select_layers(teacher, spec.layers), teacher_handle.tokenizer
@@ -248,8 +248,11 @@ def build_student(
         )
         return student, teacher_handle.tokenizer
     if isinstance(spec, PrunedStudent):
+        activations = None
+        if spec.structured.importance == "activations":  # measured on the teacher, which the student copies
+            activations = unit_statistics(teacher_handle, spec.structured, ctx)
         student = copy.deepcopy(teacher)
-        prune_structure(student, spec.structured, "steps.distill.student.structured")
+        prune_structure(student, spec.structured, "steps.distill.student.structured", activations)
         return student, teacher_handle.tokenizer
     loaded = load_model(ModelSpec(spec.source, num_labels=teacher.config.num_labels), teacher_handle.label_names)
     encoder_layers(loaded.model)  # layer-wise losses need to know its layers

@@ -6,7 +6,7 @@ shares); the saved stage records each resized Linear's shape, so it reloads exac
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -17,9 +17,12 @@ from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.models.placement import collect_on_host
 from compress.models.size import count_parameters
+from compress.prune.activations import UnitStatistics, collect_unit_statistics
 from compress.prune.structured import drop_layers, prune_block
 from compress.steps.base import StageContext, Step, StepConfig
 from compress.steps.quantize.base import already_quantized
+from compress.steps.quantize.config import CalibrationSpec
+from compress.tasks import get_task
 
 Share = float | list[float]
 
@@ -34,6 +37,16 @@ class StructureSpec(Schema):
     )
     ffn: Share = Field(0.0, description="Share of feed-forward neurons removed: one for every layer, or one per layer.")
     drop_layers: list[int] = Field(default_factory=list, description="Layers removed whole (0-based indices).")
+    importance: Literal["weights", "activations"] = Field(
+        "weights",
+        description="How units are ranked: `weights` (data-free norms) or `activations` (each head group's and "
+        "neuron's exact contribution to its block's output on `calibration` text, Minitron-style).",
+    )
+    calibration: CalibrationSpec = Field(
+        default_factory=lambda: CalibrationSpec(samples=256, seq_len=128, batch_size=16),
+        description="With `importance: activations`: `samples` rows of the calibration split (sentences for a "
+        "classifier, documents cut into `seq_len`-token windows for a causal LM), `batch_size` per forward.",
+    )
 
     @field_validator("heads", "ffn")
     @classmethod
@@ -66,7 +79,7 @@ def _kept(units: int, share: float) -> int | None:
 
 
 class Structured(Step):
-    """Structured pruning by weight-based importance (data-free, deterministic)."""
+    """Structured pruning by weight-based (data-free) or activation-based importance."""
 
     name: ClassVar[str] = "structured"
     Config = StructuredConfig
@@ -80,12 +93,27 @@ class Structured(Step):
                 fix="prune first, then quantize",
             )
         collect_on_host(model.model, self.name)
-        self._details = prune_structure(model.model, self.config, self.name)
+        activations = unit_statistics(model, self.config, ctx) if self.config.importance == "activations" else None
+        self._details = prune_structure(model.model, self.config, self.name, activations)
         return model.replace(transforms=[*model.transforms, structure_transform(model.model)])
 
 
-def prune_structure(network: torch.nn.Module, spec: StructureSpec, where: str) -> dict[str, Any]:
-    """Remove what `spec` says from `network`, in place; returns what is left (heads and neurons per layer)."""
+def unit_statistics(model: ModelHandle, spec: StructureSpec, ctx: StageContext) -> list[UnitStatistics]:
+    """The calibration statistics activation importance ranks by, batched as the model's task batches its data."""
+    calibration = spec.calibration
+    data = ctx.calibration_data(calibration.samples)
+    length = min(calibration.seq_len, model.max_length or calibration.seq_len)
+    eval_spec = ctx.eval_spec.model_copy(update={"seq_len": length, "max_length": length})
+    batches = get_task(model.task).eval_batches(model.tokenizer, data, eval_spec, length, [calibration.batch_size])
+    inputs = ({k: torch.from_numpy(v) for k, v in b.inputs.items()} for b in batches.make(calibration.batch_size))
+    return collect_unit_statistics(model.model, inputs)
+
+
+def prune_structure(
+    network: torch.nn.Module, spec: StructureSpec, where: str, activations: list[UnitStatistics] | None = None
+) -> dict[str, Any]:
+    """Remove what `spec` says from `network`, in place; returns what is left (heads and neurons per layer).
+    With `activations` (one per layer, `unit_statistics`), units are ranked by them instead of their weights."""
     blocks, layers_path = block_map(network)
     heads = heads_of(network.config)
     layers = network.get_submodule(layers_path)
@@ -106,10 +134,14 @@ def prune_structure(network: torch.nn.Module, spec: StructureSpec, where: str) -
             continue
         groups = layer.get_submodule(blocks.key).out_features // heads.head_dim
         neurons = layer.get_submodule(blocks.ffn_out).in_features
-        prune_block(layer, blocks, heads, _kept(groups, head_shares[index]), _kept(neurons, ffn_shares[index]))
+        statistics = activations[index] if activations is not None else None
+        prune_block(
+            layer, blocks, heads, _kept(groups, head_shares[index]), _kept(neurons, ffn_shares[index]), statistics
+        )
     drop_layers(network, layers_path, spec.drop_layers)
     return {
         **layer_widths(network),
+        "importance": spec.importance,
         "parameters_before": before,
         "parameters_after": count_parameters(network),
         "prune_seconds": round(time.perf_counter() - started, 2),

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from quant_helpers import context
 from train_helpers import make_context
 
 from compress.architectures.blocks import BLOCKS, heads_of
 from compress.data.text_data import TextData
+from compress.errors import CompressError
 from compress.models.handle import ModelHandle
 from compress.models.serialize import load_handle, save_handle
 from compress.prune.activations import collect_unit_statistics, head_group_contributions, neuron_contributions
@@ -124,3 +126,19 @@ def test_a_distill_student_sliced_by_activations(tiny_bert, sst2_train, sst2_dev
     student = step.apply(tiny_bert, make_context(sst2_train.head(64), sst2_dev, tmp_path))
     first = student.model.bert.encoder.layer[0].intermediate.dense
     assert first.out_features == 32 and (first.bias > -1e3).all()  # measured on the teacher: the silent one went
+
+
+def test_calibration_from_a_text_file(tiny_bert: ModelHandle, sst2_train, sst2_dev, tmp_path: Path) -> None:
+    silenced_loud_neuron(tiny_bert)
+    sentences = tmp_path / "calibration.txt"
+    sentences.write_text("\n".join(sst2_dev.texts[:24]) + "\n", encoding="utf-8")
+    calibration = CALIBRATION | {"data": str(sentences), "samples": 24}
+    step = Structured(ffn=0.5, importance="activations", calibration=calibration)
+    handle = step.apply(tiny_bert, make_context(sst2_train, sst2_dev, tmp_path))
+    assert (handle.model.bert.encoder.layer[0].intermediate.dense.bias > -1e3).all()
+    missing = Structured(
+        ffn=0.5, importance="activations", calibration=CALIBRATION | {"data": str(tmp_path / "no.txt")}
+    )
+    with pytest.raises(CompressError) as error:
+        missing.apply(tiny_bert, make_context(sst2_train, sst2_dev, tmp_path))
+    assert "structured.calibration.data" in str(error.value)

@@ -250,7 +250,7 @@ def build_student(
     if isinstance(spec, PrunedStudent):
         activations = None
         if spec.structured.importance == "activations":  # measured on the teacher, which the student copies
-            activations = unit_statistics(teacher_handle, spec.structured, ctx)
+            activations = unit_statistics(teacher_handle, spec.structured, ctx, "steps.distill.student.structured")
         student = copy.deepcopy(teacher)
         prune_structure(student, spec.structured, "steps.distill.student.structured", activations)
         return student, teacher_handle.tokenizer

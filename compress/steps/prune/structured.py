@@ -6,13 +6,14 @@ shares); the saved stage records each resized Linear's shape, so it reloads exac
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 
 from compress.architectures.blocks import block_map, heads_of
-from compress.config import Schema
+from compress.config import DataSpec, Schema
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.models.placement import collect_on_host
@@ -98,10 +99,22 @@ class Structured(Step):
         return model.replace(transforms=[*model.transforms, structure_transform(model.model)])
 
 
-def unit_statistics(model: ModelHandle, spec: StructureSpec, ctx: StageContext) -> list[UnitStatistics]:
+def unit_statistics(
+    model: ModelHandle, spec: StructureSpec, ctx: StageContext, spec_where: str = "structured"
+) -> list[UnitStatistics]:
     """The calibration statistics activation importance ranks by, batched as the model's task batches its data."""
     calibration = spec.calibration
-    data = ctx.calibration_data(calibration.samples)
+    if calibration.data is None:
+        data = ctx.calibration_data(calibration.samples)
+    else:
+        from compress.data.load import load_text_data
+
+        source = DataSpec(path=calibration.data, text=calibration.text, label=None)
+        where = f"{spec_where}.calibration.data"
+        data = load_text_data(source, "train", task="causal-lm", base_dir=ctx.base_dir, where=where)
+        data = data.head(calibration.samples)
+    # Only the inputs go through the model; a classifier's batching wants a label per row all the same.
+    data = replace(data, labels=data.labels if data.labels is not None else [0] * len(data))
     length = min(calibration.seq_len, model.max_length or calibration.seq_len)
     eval_spec = ctx.eval_spec.model_copy(update={"seq_len": length, "max_length": length})
     batches = get_task(model.task).eval_batches(model.tokenizer, data, eval_spec, length, [calibration.batch_size])

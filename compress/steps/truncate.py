@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from compress.config import Schema
 from compress.data.text_data import TextData
 from compress.errors import ConfigError
 from compress.evaluate.metrics import resolve_metric
@@ -84,9 +85,7 @@ def shortest_within_budget(
     return None, results
 
 
-class StageBudget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StageBudget(Schema):
     stage: str = Field(description="An earlier stage, e.g. `teacher`.")
     max_drop: float = Field(ge=0, description="How far below that stage's primary metric the truncated model may go.")
 

@@ -61,6 +61,11 @@ def _window_text(spec: TextWindows, ctx: StageContext, where: str) -> TextData:
     if spec.data is None:
         # Enough documents for the windows: short ones (C4's median is ~400 tokens) need many.
         return ctx.calibration_data(max(1000, 8 * spec.samples))
+    return calibration_file(spec, ctx, where)
+
+
+def calibration_file(spec: TextWindows, ctx: StageContext, where: str) -> TextData:
+    """The rows of `spec.data` (a text file relative to the recipe, column `spec.text`); errors name `where.data`."""
     from compress.data.load import load_text_data
 
     data_spec = DataSpec(path=spec.data, text=spec.text, label=None)

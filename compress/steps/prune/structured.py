@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, field_validator
 
 from compress.architectures.blocks import block_map, heads_of
-from compress.config import DataSpec, Schema
+from compress.config import Schema
 from compress.errors import ConfigError
 from compress.models.handle import ModelHandle
 from compress.models.placement import collect_on_host
@@ -21,6 +21,7 @@ from compress.models.size import count_parameters
 from compress.prune.activations import UnitStatistics, collect_unit_statistics
 from compress.prune.structured import drop_layers, prune_block
 from compress.steps.base import StageContext, Step, StepConfig
+from compress.steps.calibrated import calibration_file
 from compress.steps.quantize.base import already_quantized
 from compress.steps.quantize.config import CalibrationSpec
 from compress.tasks import get_task
@@ -107,12 +108,7 @@ def unit_statistics(
     if calibration.data is None:
         data = ctx.calibration_data(calibration.samples)
     else:
-        from compress.data.load import load_text_data
-
-        source = DataSpec(path=calibration.data, text=calibration.text, label=None)
-        where = f"{spec_where}.calibration.data"
-        data = load_text_data(source, "train", task="causal-lm", base_dir=ctx.base_dir, where=where)
-        data = data.head(calibration.samples)
+        data = calibration_file(calibration, ctx, f"{spec_where}.calibration").head(calibration.samples)
     # Only the inputs go through the model; a classifier's batching wants a label per row all the same.
     data = replace(data, labels=data.labels if data.labels is not None else [0] * len(data))
     length = min(calibration.seq_len, model.max_length or calibration.seq_len)

@@ -11,5 +11,5 @@ done
 bash /tmp/repo/.gpu/bundle.sh > /dev/null 2>&1; cp $SHIP/results.tgz $OUT/
 for g in "$@"; do cp $SHIP/$g $OUT/ 2>/dev/null; done
 ls $L; for f in $L/t.*; do echo "$f $(cat $f)"; done
-for f in seed0 seed1 seed2 prune gpupath bench combine tests-gpu tests-aoti; do [ -e $L/$f.log ] && { echo "== $f"; tail -c 600 $L/$f.log; echo; }; done
+for f in flagship seed0 seed1 seed2 kw0 kw1 kw2 prune gpupath bench combine tests-gpu tests-aoti; do [ -e $L/$f.log ] && { echo "== $f"; tail -c 400 $L/$f.log; echo; }; done
 ls -la $SHIP; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv

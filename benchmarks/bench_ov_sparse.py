@@ -15,7 +15,7 @@ from typing import Any
 
 from recipe_bench import REPO, parse_args, recipe_overrides, run_benchmark, throughput
 
-from compress.environment import environment
+from compress.environment import cpu_flags
 from compress.result import StageResult
 
 NAME = "ov-sparse-amx"
@@ -26,7 +26,7 @@ def summarize(stages: list[StageResult]) -> dict[str, Any]:
     by_name = {s.name: s for s in stages}
     if not all(n in by_name for n in (DENSE, SPARSE, DECOMPRESSED)):
         return {"finished_stages": list(by_name)}
-    summary: dict[str, Any] = {"cpu_has_amx": "amx_int8" in environment()["cpu_flags"]}
+    summary: dict[str, Any] = {"cpu_has_amx": "amx_int8" in cpu_flags()}
     for batch in (1, 32):
         dense, sparse, decompressed = (throughput(by_name[n], batch) for n in (DENSE, SPARSE, DECOMPRESSED))
         summary[f"decompressed_vs_sparse_batch{batch}"] = round(decompressed / sparse, 2)

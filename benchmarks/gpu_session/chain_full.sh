@@ -4,7 +4,8 @@
 # 2. the full-data teacher and three relations seeds in parallel (they share the teacher), each then again with
 #    truncation charged against the teacher (`kw`: only truncate and the exports run again).
 # OpenVINO INT8 exports need call 2's wheel (.ov); ONNX Runtime's run without it. Each INT8 stage is shipped as a
-# gzipped tar (~10 MB: a call brings back 64 MiB), the teacher in 15 MiB parts. SEEDS_ONLY=1 runs part 2 alone.
+# gzipped tar (~10 MB: a call brings back 64 MiB), the teacher in 15 MiB parts. SEEDS_ONLY=1 runs part 2 alone;
+# NO_KW=1 leaves out the kw passes.
 source /tmp/repo/.gpu/env.sh
 date +%T > $L/t.start
 if [ -z "${SEEDS_ONLY:-}" ]; then
@@ -19,6 +20,7 @@ D="python3 benchmarks/bench_distill.py --gpu --train-limit 0 --model /tmp/repo/.
 ship() { (cd /tmp/runs/$1/stages && for d in 0[45]-export-*-int8-*; do tar czf $SHIP/$1-${d%-*}.tgz $d; done); }
 KW="--set steps.2.truncate.max_accuracy_drop=null --set 'steps.2.truncate.keep_within={stage: teacher, max_drop: 0.006}'"
 kw() {
+  [ -n "${NO_KW:-}" ] && return 0  # NO_KW=1: the seeds alone (the kw variant is a second pass over them)
   mkdir -p /tmp/runs/kw$1/stages && cp -a /tmp/runs/rel$1/stages/0[012]-* /tmp/runs/kw$1/stages/
   eval "$D --seeds $1 --output /tmp/runs/kw$1 --name $N-kw $KW" > $L/kw$1.log 2>&1 && ship kw$1
 }

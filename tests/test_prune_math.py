@@ -151,3 +151,18 @@ def test_sparsity_keeper_restores_zeros_after_an_update() -> None:
     assert bool((layer.weight[:, ::2] != 0).any())  # the optimizer refilled them...
     keeper.apply()
     assert bool((layer.weight[:, ::2] == 0).all()) and bool((layer.weight[:, 1::2] != 0).all())
+
+
+def test_owl_outlier_ratio_and_layer_sparsities() -> None:
+    from compress.prune.owl import layer_sparsities, outlier_ratio
+
+    scores = [torch.ones(10, 10), torch.tensor([[100.0, 1.0]])]  # one score far above 5 × the mean of 102
+    assert outlier_ratio(scores, threshold=5) == pytest.approx(1 / 102)
+    assert outlier_ratio([torch.ones(4, 4)], threshold=5) == 0
+    sparsities = layer_sparsities([0.01, 0.02, 0.03], target=0.5, spread=0.08)
+    assert sparsities == pytest.approx([0.58, 0.5, 0.42])  # more outliers → denser, the mean kept
+    uneven = layer_sparsities([0.0, 0.0, 0.1, 0.05], target=0.6, spread=0.1)
+    assert sum(uneven) / 4 == pytest.approx(0.6) and max(uneven) - min(uneven) == pytest.approx(0.2)
+    assert layer_sparsities([0.2, 0.2], target=0.5, spread=0.08) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="outside"):
+        layer_sparsities([0.0, 1.0], target=0.95, spread=0.08)

@@ -163,3 +163,35 @@ def test_recovery_training_keeps_the_zeros(tiny_bert: ModelHandle, sst2_train, s
     for name, weight in after.items():
         assert torch.equal(weight == 0, before[name] == 0), name  # the same zeros, no more, no fewer
         assert not torch.equal(weight, before[name])  # and the kept weights did train
+
+
+@pytest.mark.parametrize("step_class", [Wanda, SparseGPT])
+def test_owl_sets_each_layers_sparsity_and_keeps_the_mean(
+    step_class, tiny_llama: ModelHandle, wiki: TextData, tmp_path: Path
+) -> None:
+    step = step_class(sparsity=0.5, layer_sparsity="owl", owl_spread=0.1, calibration=CALIBRATION)
+    handle = pruned(tiny_llama, step, wiki, tmp_path)
+    details = step.details()
+    targets = details["owl_layer_sparsity"]
+    assert len(targets) == len(details["owl_outlier_ratio"]) == handle.model.config.num_hidden_layers
+    assert sum(targets) / len(targets) == pytest.approx(0.5, abs=1e-3) and max(targets) - min(targets) > 0.19
+    weights = decoder_weights(handle)
+    for index, target in enumerate(targets):
+        layer = [w for name, w in weights.items() if f"layers.{index}." in name]
+        reached = sum(int((w == 0).sum()) for w in layer) / sum(w.numel() for w in layer)
+        assert reached == pytest.approx(target, abs=0.03)  # whole weights per row of a tiny layer
+    assert details["reached_sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_owl_settings_are_checked() -> None:
+    from compress.recipe import Recipe
+
+    for settings, message in [
+        ({"pattern": "2:4", "layer_sparsity": "owl"}, "needs pattern 'unstructured'"),
+        ({"sparsity": 0.95, "layer_sparsity": "owl"}, "lower owl_spread"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            Recipe.from_dict(
+                {"model": {"source": "x", "task": "causal-lm"}, "data": {"path": "e"}, "steps": [{"wanda": settings}]}
+            )
+        assert "steps[0].wanda" in str(error.value) and message in str(error.value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from compress.prune.pattern import SparsityPattern
 from compress.steps.base import StepConfig
@@ -53,6 +55,27 @@ class CalibratedPruneConfig(PruneConfig):
     memory_check: bool = Field(
         True, description="Estimate peak memory before calibrating and refuse a run that will not fit."
     )
+    layer_sparsity: Literal["uniform", "owl"] = Field(
+        "uniform",
+        description="`uniform`: every decoder layer at `sparsity`; `owl`: per layer by its share of outlier "
+        "Wanda scores (Yin et al. 2024), the mean kept at `sparsity` (unstructured only; one extra calibration pass).",
+    )
+    owl_threshold: PositiveFloat = Field(5.0, description="OWL: a score is an outlier above this × its layer's mean.")
+    owl_spread: float = Field(
+        0.08, ge=0, lt=0.5, description="OWL: layers range over sparsity ± this (the paper's lambda)."
+    )
+
+    @model_validator(mode="after")
+    def _owl_fits(self) -> CalibratedPruneConfig:
+        if self.layer_sparsity == "owl":
+            pattern = self.sparsity_pattern
+            if pattern.structured:
+                raise ValueError(f"layer_sparsity 'owl' needs pattern 'unstructured' ({pattern.name} fixes each block)")
+            if not self.owl_spread < pattern.sparsity < 1 - self.owl_spread:
+                raise ValueError(
+                    f"sparsity {pattern.sparsity} ± owl_spread {self.owl_spread} leaves (0, 1): lower owl_spread"
+                )
+        return self
 
 
 class SparseGPTConfig(CalibratedPruneConfig):

@@ -1,5 +1,6 @@
 """Pruning criteria that read calibration activations (Wanda, SparseGPT), run layer by layer like GPTQ: each
-decoder layer is pruned from the inputs the already-pruned layers before it produce."""
+decoder layer is pruned from the inputs the already-pruned layers before it produce. With `layer_sparsity: owl`
+a first pass over the dense model sets each layer's sparsity from its outlier scores (`compress.prune.owl`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 from compress.architectures.decoder import decoder_layers, decoder_map, shared_input_groups
 from compress.models.handle import ModelHandle
 from compress.prune.masks import keep_mask
+from compress.prune.owl import layer_sparsities, outlier_ratio
 from compress.prune.pattern import SparsityPattern
+from compress.prune.wanda import wanda_scores
 from compress.quantize.sequential import Accumulate, calibrate_layer_by_layer, observe_inputs
 from compress.steps.base import StageContext
 from compress.steps.calibrated import CalibrationMixin
@@ -33,6 +36,10 @@ class LayerwisePruneStep(CalibrationMixin, PruneStep):
         """Bytes of one module group's statistic for inputs of `width` features (for the memory estimate)."""
 
     @abstractmethod
+    def input_power(self, statistic: Any) -> torch.Tensor:
+        """The mean x_j² of each input feature, from the statistic (for OWL's Wanda scores)."""
+
+    @abstractmethod
     def prune_module(self, linear: torch.nn.Linear, statistic: Any, pattern: SparsityPattern) -> float | None:
         """Prune one Linear in place from its inputs' statistic; returns its loss when the criterion has one."""
 
@@ -48,6 +55,7 @@ class LayerwisePruneStep(CalibrationMixin, PruneStep):
         ]
         self.check_memory(network, max(per_layer), ctx)
         batches = self.calibration_batches(model, ctx)
+        patterns = self.layer_patterns(model, linears, pattern, batches, ctx)
         losses: dict[str, float] = {}
 
         def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
@@ -57,7 +65,7 @@ class LayerwisePruneStep(CalibrationMixin, PruneStep):
             for group in groups:
                 statistic = statistics.pop(group)
                 for name in group:
-                    loss = self.prune_module(here[name], statistic, pattern)
+                    loss = self.prune_module(here[name], statistic, patterns[index])
                     if loss is not None:
                         losses[f"{prefix}.{index}.{name}"] = round(loss, 6)
                 del statistic
@@ -70,3 +78,35 @@ class LayerwisePruneStep(CalibrationMixin, PruneStep):
             self._details["magnitude_fallback"] = sorted(linears)
         if losses:
             self._details["layer_loss"] = losses
+
+    def layer_patterns(
+        self,
+        model: ModelHandle,
+        linears: dict[str, torch.nn.Linear],
+        pattern: SparsityPattern,
+        batches: list[torch.Tensor],
+        ctx: StageContext,
+    ) -> list[SparsityPattern]:
+        """Each decoder layer's pattern: `pattern` throughout, or OWL's sparsities from a pass over the dense model."""
+        network = model.model
+        count = len(decoder_layers(network))
+        if self.config.layer_sparsity == "uniform":
+            return [pattern] * count
+        prefix = decoder_map(network).layers
+        ratios: list[float] = [0.0] * count
+
+        def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
+            here = {n: m for n, m in linears.items() if n.startswith(f"{prefix}.{index}.")}
+            local = {n.removeprefix(f"{prefix}.{index}."): m for n, m in here.items()}
+            groups = shared_input_groups(network, list(local))
+            statistics = observe_inputs(local, groups, type(self).accumulate, replay)
+            power = {group: self.input_power(statistics.pop(group)) for group in groups}
+            scores = [wanda_scores(local[name].weight, power[group]) for group in groups for name in group]
+            ratios[index] = outlier_ratio(scores, self.config.owl_threshold)
+
+        owl = f"{self.name} owl"
+        calibrate_layer_by_layer(network, batches, ctx.device, on_layer, progress=self.progress, desc=owl)
+        sparsities = layer_sparsities(ratios, pattern.sparsity, self.config.owl_spread)
+        self._details["owl_outlier_ratio"] = [round(ratio, 5) for ratio in ratios]
+        self._details["owl_layer_sparsity"] = [round(value, 4) for value in sparsities]
+        return [SparsityPattern(sparsity=value) for value in sparsities]

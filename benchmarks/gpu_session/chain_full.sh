@@ -15,9 +15,7 @@ timeout 420 python3 benchmarks/bench_gpu_path.py --run /tmp/runs/flagship --mode
 date +%T > $L/t.gpupath.done; bash /tmp/repo/.gpu/bundle.sh > /dev/null; touch $L/timing.done
 fi
 
-N=distill-bert-then-int8-gpu-relations
-D="python3 benchmarks/bench_distill.py --gpu --train-limit 0 --model /tmp/repo/.gpu/minilm-fp16 --name $N --set steps.1.distill.alpha_relations=1.0 --set steps.1.distill.relation_heads=16"
-ship() { (cd /tmp/runs/$1/stages && for d in 0[45]-export-*-int8-*; do tar czf $SHIP/$1-${d%-*}.tgz $d; done); }
+source /tmp/repo/.gpu/relations.sh
 KW="--set steps.2.truncate.max_accuracy_drop=null --set 'steps.2.truncate.keep_within={stage: teacher, max_drop: 0.006}'"
 kw() {
   [ -n "${NO_KW:-}" ] && return 0  # NO_KW=1: the seeds alone (the kw variant is a second pass over them)

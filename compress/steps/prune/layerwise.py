@@ -15,7 +15,7 @@ from compress.models.handle import ModelHandle
 from compress.prune.masks import keep_mask
 from compress.prune.owl import layer_sparsities, outlier_ratio
 from compress.prune.pattern import SparsityPattern
-from compress.prune.wanda import wanda_scores
+from compress.prune.wanda import accumulate_input_norms, wanda_scores
 from compress.quantize.sequential import Accumulate, calibrate_layer_by_layer, observe_inputs
 from compress.steps.base import StageContext
 from compress.steps.calibrated import CalibrationMixin
@@ -34,10 +34,6 @@ class LayerwisePruneStep(CalibrationMixin, PruneStep):
     @abstractmethod
     def statistic_bytes(self, width: int) -> int:
         """Bytes of one module group's statistic for inputs of `width` features (for the memory estimate)."""
-
-    @abstractmethod
-    def input_power(self, statistic: Any) -> torch.Tensor:
-        """The mean x_j² of each input feature, from the statistic (for OWL's Wanda scores)."""
 
     @abstractmethod
     def prune_module(self, linear: torch.nn.Linear, statistic: Any, pattern: SparsityPattern) -> float | None:
@@ -93,15 +89,15 @@ class LayerwisePruneStep(CalibrationMixin, PruneStep):
         if self.config.layer_sparsity == "uniform":
             return [pattern] * count
         prefix = decoder_map(network).layers
+        remaining = dict(linears)  # the pruning pass consumes `linears` itself
         ratios: list[float] = [0.0] * count
 
         def on_layer(index: int, layer: torch.nn.Module, replay) -> None:
-            here = {n: m for n, m in linears.items() if n.startswith(f"{prefix}.{index}.")}
-            local = {n.removeprefix(f"{prefix}.{index}."): m for n, m in here.items()}
-            groups = shared_input_groups(network, list(local))
-            statistics = observe_inputs(local, groups, type(self).accumulate, replay)
-            power = {group: self.input_power(statistics.pop(group)) for group in groups}
-            scores = [wanda_scores(local[name].weight, power[group]) for group in groups for name in group]
+            here = take_layer(remaining, prefix, index)
+            groups = shared_input_groups(network, list(here))
+            # Wanda's per-input mean x² whatever the criterion: OWL scores by |W|·‖X‖ (no Hessians needed here).
+            norms = observe_inputs(here, groups, accumulate_input_norms, replay)
+            scores = [wanda_scores(here[name].weight, norms[group]) for group in groups for name in group]
             ratios[index] = outlier_ratio(scores, self.config.owl_threshold)
 
         owl = f"{self.name} owl"

@@ -26,9 +26,6 @@ class SparseGPT(LayerwisePruneStep):
     def statistic_bytes(self, width: int) -> int:
         return width * width * 4
 
-    def input_power(self, statistic: torch.Tensor) -> torch.Tensor:
-        return statistic.diagonal() / 2  # H = 2/n Σ x xᵀ
-
     @torch.no_grad()
     def prune_module(self, linear: torch.nn.Linear, statistic: torch.Tensor, pattern: SparsityPattern) -> float:
         pruned, loss = sparsegpt_prune(

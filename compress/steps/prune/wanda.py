@@ -22,8 +22,5 @@ class Wanda(LayerwisePruneStep):
     def statistic_bytes(self, width: int) -> int:
         return width * 4
 
-    def input_power(self, statistic: torch.Tensor) -> torch.Tensor:
-        return statistic
-
     def prune_module(self, linear: torch.nn.Linear, statistic: torch.Tensor, pattern: SparsityPattern) -> None:
         apply_keep_mask(linear, keep_mask(wanda_scores(linear.weight, statistic), pattern, scope="row"))

@@ -89,8 +89,15 @@ class StageResult(BaseModel):
     cached: bool = False
     measured_under_load: bool | None = Field(
         None,
-        description="Whether other work competed for the CPU when this stage was evaluated (the run's rule, see "
-        "`MachineLoad.contended`); kept with the stage so a cached re-run still reports it. None: not recorded.",
+        description="Whether other work competed for the CPU when this stage was evaluated: other processes kept "
+        "busy more than the cores the evaluation left free, plus half a core (`cpu_used_by_others`; the load "
+        "average where the OS does not tell); kept with the stage so a cached re-run still reports it. None: not "
+        "recorded.",
+    )
+    cpu_used_by_others: float | None = Field(
+        None,
+        description="Average cores other processes kept busy while this stage was evaluated (Linux `/proc/stat` "
+        "less this process's own CPU time); None where the OS does not tell.",
     )
 
     @property
@@ -156,8 +163,7 @@ class MachineLoad(BaseModel):
     load_1m_end: float | None = Field(None, description="When this report was written.")
     contended: bool = Field(
         False,
-        description="Other work competed for the cores: at the start the load (others' alone) exceeded the cores "
-        "the run left free, or at the end the load (the run's own threads included) exceeded every core.",
+        description="Some stage evaluated in this run was `measured_under_load`.",
     )
 
 

@@ -30,6 +30,7 @@ from compress.data.provider import DataProvider
 from compress.distributed import barrier, from_main, is_main_process, local_device
 from compress.environment import environment
 from compress.errors import CompressError, NotEvaluable
+from compress.evaluate import cpu_competition
 from compress.evaluate.memory import PeakMemory
 from compress.export.deploy import sample_inputs
 from compress.gates import check_gate, check_speed
@@ -163,10 +164,12 @@ class Runner:
 
         if not is_main_process():  # the other processes only help train
             return result
+        before = cpu_competition.sample()
         evaluation, outputs = evaluate(runtime, self.data.eval, self.recipe.evaluate, progress=self.progress)
         result = result.apply_evaluation(evaluation)
         result.details |= runtime.details()
-        result.measured_under_load = self._contended()
+        result.cpu_used_by_others = cpu_competition.cores_used_by_others(before, cpu_competition.sample())
+        result.measured_under_load = self._contended(result.cpu_used_by_others)
         if source_outputs is not None:
             fidelity = self.task.fidelity(source_outputs, outputs)
             result.max_abs_diff, result.prediction_agreement = fidelity.max_abs_diff, fidelity.agreement
@@ -176,8 +179,10 @@ class Runner:
     def _threads(self) -> int:
         return self.recipe.evaluate.threads or torch.get_num_threads()
 
-    def _contended(self) -> bool:
-        return is_contended(self.cpu_count, self._threads(), self.load_start, load_1m())
+    def _contended(self, others_cores: float | None) -> bool:
+        if others_cores is None:  # no /proc/stat (macOS, Windows): judge by the load average
+            return is_contended(self.cpu_count, self._threads(), self.load_start, load_1m())
+        return cpu_competition.others_compete(others_cores, self.cpu_count, self._threads())
 
     def _write_report(self, stopped: str | None = None) -> RunReport:
         from compress.report.write import write_reports
@@ -193,7 +198,13 @@ class Runner:
             total_duration_s=sum(s.duration_s + (s.eval_duration_s or 0.0) for s in self.stages),
             wall_duration_s=time.perf_counter() - self.started,
             resolved_recipe=self.resolved,
-            machine_load=machine_load(self.cpu_count, self._threads(), self.load_start, load_1m()),
+            machine_load=machine_load(
+                self.cpu_count,
+                self._threads(),
+                self.load_start,
+                load_1m(),
+                contended=any(s.measured_under_load and not s.cached for s in self.stages),
+            ),
         )
         if is_main_process():
             report.dataset, report.classification = self._data_figures()

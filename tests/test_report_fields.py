@@ -19,6 +19,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 import compress as cx
 from compress.cache import OUTPUTS_FILE
 from compress.errors import CompressError, DataError
+from compress.evaluate import cpu_competition
+from compress.evaluate.cpu_competition import CpuSample, cores_used_by_others, machine_busy_seconds, others_compete
 from compress.export.deploy import DEPLOY_FILE, PAIR_FIRST, PAIR_SECOND
 from compress.export.onnx import OnnxExporter
 from compress.recipe import Recipe
@@ -176,8 +178,9 @@ def read_report_from(data: dict, folder: Path):
     return read_report(folder)
 
 
-def test_contention_rule() -> None:
-    # 4 CPUs, 1 evaluation thread: 3 cores free. At the start only others' load counts; at the end ours too.
+def test_contention_rule_by_load_average() -> None:
+    # Where the OS does not tell others' CPU time. 4 CPUs, 1 evaluation thread: 3 cores free. At the start only
+    # others' load counts; at the end ours too.
     assert not is_contended(4, 1, 2.9, 3.9)
     assert is_contended(4, 1, 3.2, 0.0)
     assert is_contended(4, 1, 0.0, 4.5)
@@ -185,32 +188,59 @@ def test_contention_rule() -> None:
     assert not is_contended(2, 2, None, None)
 
 
+def test_cores_used_by_others_subtracts_our_own_cpu_time() -> None:
+    before = CpuSample(wall_s=10.0, machine_busy_s=100.0, own_busy_s=5.0)
+    # 2 s of wall time; the machine was busy 5 CPU-seconds, 3 of them ours: others kept one core busy
+    assert cores_used_by_others(before, CpuSample(12.0, 105.0, 8.0)) == pytest.approx(1.0)
+    assert cores_used_by_others(before, CpuSample(12.0, None, 8.0)) is None
+    # 2 CPUs, both ours: half a core of housekeeping is tolerated, a competing thread is not
+    assert not others_compete(0.4, cpu_count=2, threads=2)
+    assert others_compete(1.0, cpu_count=2, threads=2)
+    assert not others_compete(2.3, cpu_count=4, threads=2)  # two cores left free absorb it
+
+
+def test_machine_busy_seconds_reads_this_machine() -> None:
+    if not Path("/proc/stat").is_file():
+        pytest.skip("no /proc/stat on this OS: contention falls back to the load average")
+    first = machine_busy_seconds()
+    sum(i * i for i in range(2_000_000))  # some CPU work of our own
+    assert first is not None and machine_busy_seconds() > first > 0
+
+
+def own_cpu_seconds() -> float:
+    own = os.times()
+    return own.user + own.system + own.children_user + own.children_system
+
+
 def test_latencies_measured_under_load_are_flagged(model_dir, data_file, tmp_path, monkeypatch) -> None:
-    calls: list[None] = []
-
-    def busy() -> tuple[float, float, float]:  # idle when the run starts, then far past every core
-        calls.append(None)
-        return (0.0 if len(calls) == 1 else 50.0, 0.0, 0.0)
-
-    monkeypatch.setattr(os, "getloadavg", busy)
+    calls = itertools.count()
+    # Others keep 50 cores busy for every second of ours: whatever the wall time, far past every core.
+    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", lambda: own_cpu_seconds() + 1e4 * next(calls))
     result = make_recipe(model_dir, sst2_spec(data_file)).run(tmp_path / "busy", progress=False)
-    assert result["baseline"].measured_under_load is True
+    assert result["baseline"].measured_under_load is True and result["baseline"].cpu_used_by_others > 2
     assert result.report.machine_load.contended
     md = (tmp_path / "busy" / "report.md").read_text()
     html = (tmp_path / "busy" / "report.html").read_text()
-    assert "Measured under contention" in md and "latencies of baseline were measured while other work competed" in md
+    assert "Measured under contention" in md and "latencies of baseline (others:" in md
     assert 'class="contention"' in html
     # The verdict is the stage's: a cached re-run on an idle machine still reports it.
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", own_cpu_seconds)  # nobody else works
     again = make_recipe(model_dir, sst2_spec(data_file)).run(tmp_path / "busy", progress=False)
     assert again["baseline"].cached and not again.report.machine_load.contended
-    assert (
-        "latencies of baseline were measured while other work competed" in (tmp_path / "busy" / "report.md").read_text()
-    )
-    # And an idle run says nothing.
+    assert "latencies of baseline (others:" in (tmp_path / "busy" / "report.md").read_text()
+    # And an idle run says nothing, however high the load average left by earlier work.
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 40.0, 40.0))
     quiet = make_recipe(model_dir, sst2_spec(data_file)).run(tmp_path / "idle", progress=False)
-    assert quiet["baseline"].measured_under_load is False
+    assert quiet["baseline"].measured_under_load is False and quiet["baseline"].cpu_used_by_others == 0.0
     assert "contention" not in (tmp_path / "idle" / "report.md").read_text()
+
+
+def test_without_proc_stat_the_load_average_decides(model_dir, data_file, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    result = make_recipe(model_dir, sst2_spec(data_file)).run(tmp_path / "run", progress=False)
+    assert result["baseline"].measured_under_load is True and result["baseline"].cpu_used_by_others is None
+    assert "latencies of baseline were measured" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_pair_models_deploy_sample_tokenizes_pairs_and_runs(tiny_bert, model_dir, tmp_path) -> None:

@@ -131,7 +131,8 @@ def load_1m() -> float | None:
 
 
 def is_contended(cpu_count: int, threads: int, start: float | None, end: float | None) -> bool:
-    """Whether other work competed for this run's cores.
+    """Whether other work competed for this run's cores, judged by the load average where the OS does not tell
+    what others used while a stage was timed (`compress.evaluate.cpu_competition`).
 
     The load average counts runnable threads, this run's own among them once it works. At the start it is the
     others' alone: more than the cores the run leaves free means they spill onto its cores. Later it includes the
@@ -141,11 +142,7 @@ def is_contended(cpu_count: int, threads: int, start: float | None, end: float |
     return (start is not None and start > free) or (end is not None and end > cpu_count)
 
 
-def machine_load(cpu_count: int, threads: int, start: float | None, end: float | None) -> MachineLoad:
-    return MachineLoad(
-        cpu_count=cpu_count,
-        threads=threads,
-        load_1m_start=start,
-        load_1m_end=end,
-        contended=is_contended(cpu_count, threads, start, end),
-    )
+def machine_load(
+    cpu_count: int, threads: int, start: float | None, end: float | None, *, contended: bool
+) -> MachineLoad:
+    return MachineLoad(cpu_count=cpu_count, threads=threads, load_1m_start=start, load_1m_end=end, contended=contended)

@@ -56,13 +56,14 @@ def contention_note(report: RunReport) -> str | None:
         recorded = stage.measured_under_load
         # Stages recorded before the flag existed: this run's verdict, unless they were measured in an earlier run.
         if recorded or (recorded is None and not stage.cached and load is not None and load.contended):
-            flagged.append(stage.name)
+            others = stage.cpu_used_by_others
+            flagged.append(stage.name if others is None else f"{stage.name} (others: {others:.1f} cores)")
     if not flagged:
         return None
     return (
-        f"The latencies of {', '.join(flagged)} were measured while other work competed for the CPU (the 1-minute "
-        "load average exceeded the cores this run left free). Their timings and speedups may be slower and noisier "
-        "than on an idle machine; re-run with --fresh there to trust them."
+        f"The latencies of {', '.join(flagged)} were measured while other processes kept busy more than the cores "
+        "this run left free. Their timings and speedups may be slower and noisier than on an idle machine; re-run "
+        "with --fresh there to trust them."
     )
 
 

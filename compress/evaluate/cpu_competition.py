@@ -34,7 +34,7 @@ def machine_busy_seconds() -> float | None:
         return None
     ticks = [int(value) for value in fields[1:]]
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    # user and nice already include the guest columns (8 and 9), so the first eight fields are the whole
+    # user and nice already count guest and guest_nice (ticks[8:]): the first eight columns are all the time
     total = sum(ticks[:8])
     return (total - idle) / os.sysconf("SC_CLK_TCK")
 

@@ -20,7 +20,13 @@ import compress as cx
 from compress.cache import OUTPUTS_FILE
 from compress.errors import CompressError, DataError
 from compress.evaluate import cpu_competition
-from compress.evaluate.cpu_competition import CpuSample, cores_used_by_others, machine_busy_seconds, others_compete
+from compress.evaluate.cpu_competition import (
+    CpuSample,
+    cores_used_by_others,
+    machine_busy_seconds,
+    others_compete,
+    own_busy_seconds,
+)
 from compress.export.deploy import DEPLOY_FILE, PAIR_FIRST, PAIR_SECOND
 from compress.export.onnx import OnnxExporter
 from compress.recipe import Recipe
@@ -207,15 +213,10 @@ def test_machine_busy_seconds_reads_this_machine() -> None:
     assert first is not None and machine_busy_seconds() > first > 0
 
 
-def own_cpu_seconds() -> float:
-    own = os.times()
-    return own.user + own.system + own.children_user + own.children_system
-
-
 def test_latencies_measured_under_load_are_flagged(model_dir, data_file, tmp_path, monkeypatch) -> None:
     calls = itertools.count()
     # Others keep 50 cores busy for every second of ours: whatever the wall time, far past every core.
-    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", lambda: own_cpu_seconds() + 1e4 * next(calls))
+    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", lambda: own_busy_seconds() + 1e4 * next(calls))
     result = make_recipe(model_dir, sst2_spec(data_file)).run(tmp_path / "busy", progress=False)
     assert result["baseline"].measured_under_load is True and result["baseline"].cpu_used_by_others > 2
     assert result.report.machine_load.contended
@@ -224,7 +225,7 @@ def test_latencies_measured_under_load_are_flagged(model_dir, data_file, tmp_pat
     assert "Measured under contention" in md and "latencies of baseline (others:" in md
     assert 'class="contention"' in html
     # The verdict is the stage's: a cached re-run on an idle machine still reports it.
-    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", own_cpu_seconds)  # nobody else works
+    monkeypatch.setattr(cpu_competition, "machine_busy_seconds", own_busy_seconds)  # nobody else works
     again = make_recipe(model_dir, sst2_spec(data_file)).run(tmp_path / "busy", progress=False)
     assert again["baseline"].cached and not again.report.machine_load.contended
     assert "latencies of baseline (others:" in (tmp_path / "busy" / "report.md").read_text()

@@ -39,13 +39,14 @@ def machine_busy_seconds() -> float | None:
     return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def sample() -> CpuSample:
+def own_busy_seconds() -> float:
+    """This process's CPU time, its waited-for children included."""
     own = os.times()
-    return CpuSample(
-        wall_s=time.monotonic(),
-        machine_busy_s=machine_busy_seconds(),
-        own_busy_s=own.user + own.system + own.children_user + own.children_system,
-    )
+    return own.user + own.system + own.children_user + own.children_system
+
+
+def sample() -> CpuSample:
+    return CpuSample(wall_s=time.monotonic(), machine_busy_s=machine_busy_seconds(), own_busy_s=own_busy_seconds())
 
 
 def cores_used_by_others(before: CpuSample, after: CpuSample) -> float | None:
